@@ -1,0 +1,55 @@
+"""`python -m service` / `latentserve`: run the HTTP server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True)
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    models: Annotated[Path | None, typer.Option(help="Model repository folder")] = None,
+    workers: Annotated[int, typer.Option(help="Server processes")] = 1,
+    graceful_timeout: Annotated[
+        float, typer.Option(help="Seconds to finish in-flight requests after SIGTERM")
+    ] = 30.0,
+) -> None:
+    """Serve the model repository over HTTP (settings from LATENTSERVE_* variables)."""
+    import os
+
+    import uvicorn
+
+    if models is not None:
+        os.environ["LATENTSERVE_MODEL_REPOSITORY"] = str(models)
+    uvicorn.run(
+        "service.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=int(graceful_timeout),
+    )
+
+
+@cli.command()
+def version() -> None:
+    """Print the version."""
+    from service import __version__
+
+    typer.echo(__version__)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

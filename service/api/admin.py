@@ -1,0 +1,145 @@
+"""Model listing, reload, health, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from service.api.deps import MetricsDep, RepositoryDep, SettingsDep, require_api_key
+from service.api.schemas import ErrorBody, Health, ModelInfo, ModelList, PartInfo, Readiness
+from service.errors import ModelNotFound
+from service.manifest import PartRole
+from service.runtime.model import GenerativeModel
+from service.runtime.repository import LoadFailure, ModelRepository
+
+models_router = APIRouter(dependencies=[Depends(require_api_key)], tags=["models"])
+probes_router = APIRouter(tags=["probes"])
+
+
+def describe(model: GenerativeModel, full: bool = False) -> ModelInfo:
+    m = model.manifest
+    ops = []
+    if model.has(PartRole.DECODER) or model.has(PartRole.GENERATOR):
+        ops += ["sample", "decode"]
+    if model.has(PartRole.ENCODER):
+        ops += ["encode", "reconstruct", "interpolate", "anomaly-score"]
+    elif model.has(PartRole.GENERATOR):
+        ops += ["interpolate"]
+    if model.has(PartRole.DISCRIMINATOR) and "anomaly-score" not in ops:
+        ops.append("anomaly-score")
+    methods = []
+    if model.has(PartRole.ENCODER):
+        methods.append("reconstruction")
+        if m.kind.value in ("vae", "cvae"):
+            methods += ["elbo", "iwae"]
+    if model.has(PartRole.DISCRIMINATOR):
+        methods.append("discriminator")
+    return ModelInfo(
+        name=m.name,
+        version=m.version,
+        kind=m.kind.value,
+        status="ready",
+        provider=model.provider,
+        input_shape=list(m.input.shape),
+        image_shape=list(m.input.image_shape) if m.input.image_shape else None,
+        value_range=list(m.input.value_range),
+        latent_dim=m.latent_dim,
+        num_classes=m.num_classes,
+        operations=ops,
+        score_methods=methods,
+        parts=[
+            PartInfo(
+                role=role.value,
+                file=p.path,
+                inputs=[t.model_dump() for t in p.inputs],
+                outputs=[t.model_dump() for t in p.outputs],
+            )
+            for role, p in m.parts.items()
+        ],
+        calibration={k: c.model_dump() for k, c in m.calibration.items()},
+        metrics=m.metrics,
+        manifest=m.model_dump(mode="json") if full else None,
+    )
+
+
+def describe_failure(f: LoadFailure) -> ModelInfo:
+    return ModelInfo(name=f.name, status="failed", error=f.error)
+
+
+def _all(repo: ModelRepository) -> list[ModelInfo]:
+    infos = [describe(m) for m in repo.models.values()]
+    infos += [describe_failure(f) for f in repo.failures.values()]
+    return sorted(infos, key=lambda i: i.name)
+
+
+@models_router.get("/models", response_model=ModelList, summary="Models and their status")
+async def list_models(repo: RepositoryDep, settings: SettingsDep) -> ModelList:
+    return ModelList(default_model=settings.default_model, models=_all(repo))
+
+
+@models_router.get(
+    "/models/{name}",
+    response_model=ModelInfo,
+    summary="One model, with manifest",
+    responses={404: {"model": ErrorBody}},
+)
+async def get_model(name: str, repo: RepositoryDep) -> ModelInfo:
+    if name in repo.models:
+        return describe(repo.models[name], full=True)
+    if name in repo.failures:
+        return describe_failure(repo.failures[name])
+    raise ModelNotFound(f"no model named {name!r}", field="name")
+
+
+@models_router.post(
+    "/models/{name}/reload",
+    response_model=ModelInfo,
+    summary="Load the model's folder again and swap it in",
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+)
+async def reload_model(name: str, repo: RepositoryDep) -> ModelInfo:
+    """The new version serves once fully loaded; requests in flight finish on the old one. A
+    version that fails to load leaves the old one serving (409)."""
+    model = await repo.reload(name)
+    if name in repo.failures:  # it had never loaded and still does not
+        return describe_failure(repo.failures[name])
+    return describe(model, full=True)
+
+
+@models_router.post(
+    "/models/reload",
+    response_model=ModelList,
+    summary="Rescan the repository: load new models, reload changed ones",
+)
+async def reload_all(repo: RepositoryDep, settings: SettingsDep) -> ModelList:
+    await repo.load_all()
+    return ModelList(default_model=settings.default_model, models=_all(repo))
+
+
+@probes_router.get("/healthz", response_model=Health, summary="Liveness")
+async def healthz() -> Health:
+    return Health()
+
+
+@probes_router.get(
+    "/readyz", response_model=Readiness, summary="Readiness", responses={503: {"model": Readiness}}
+)
+async def readyz(repo: RepositoryDep) -> Response:
+    body = Readiness(
+        ready=repo.ready,
+        models_loaded=sorted(repo.models),
+        models_failed={k: f.error for k, f in repo.failures.items()},
+    )
+    return Response(
+        body.model_dump_json(),
+        status_code=200 if body.ready else 503,
+        media_type="application/json",
+    )
+
+
+@probes_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(repo: RepositoryDep, metrics: MetricsDep) -> Response:
+    metrics.models_loaded.set(len(repo.models))
+    metrics.models_failed.set(len(repo.failures))
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

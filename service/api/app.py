@@ -1,0 +1,128 @@
+"""The application factory: settings in, FastAPI app out. Sessions are created in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service import __version__
+from service.api import schemas
+from service.api.admin import models_router, probes_router
+from service.api.errors import install_error_handlers
+from service.api.inference import router as inference_router
+from service.api.metrics import Metrics
+from service.api.middleware import RequestContextMiddleware
+from service.logs import configure_logging
+from service.runtime.batching import BatchingConfig
+from service.runtime.repository import ModelRepository
+from service.runtime.sessions import SessionConfig
+from service.settings import Settings, get_settings
+
+log = logging.getLogger("latentserve")
+
+_BODY_SCHEMAS = (
+    schemas.SampleRequest,
+    schemas.EncodeRequest,
+    schemas.DecodeRequest,
+    schemas.ReconstructRequest,
+    schemas.InterpolateRequest,
+    schemas.AnomalyScoreRequest,
+)
+
+
+def session_config(s: Settings) -> SessionConfig:
+    return SessionConfig(
+        providers=tuple(s.providers),
+        require_gpu=s.require_gpu,
+        cuda_device_id=s.cuda_device_id,
+        cuda_mem_limit_bytes=s.cuda_mem_limit_mb * 2**20 if s.cuda_mem_limit_mb else None,
+        cudnn_conv_algo_search=s.cudnn_conv_algo_search,
+        intra_op_threads=s.intra_op_threads,
+        inter_op_threads=s.inter_op_threads,
+        graph_optimization=s.graph_optimization,
+    )
+
+
+def batching_config(s: Settings) -> BatchingConfig:
+    return BatchingConfig(
+        enabled=s.batching,
+        max_batch_size=s.max_batch_size,
+        max_delay_ms=s.max_delay_ms,
+        max_queue_rows=s.max_queue_rows,
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="inference")
+    repo = ModelRepository(
+        settings.model_repository,
+        session_config(settings),
+        batching_config(settings),
+        executor,
+        observer=app.state.metrics,
+        enabled=frozenset(settings.enabled_models) if settings.enabled_models else None,
+    )
+    await repo.load_all()
+    app.state.repository = repo
+    log.info(
+        "serving %d model(s) from %s: %s",
+        len(repo.models),
+        settings.model_repository,
+        ", ".join(f"{n} on {m.provider}" for n, m in repo.models.items()) or "none",
+    )
+    try:
+        yield
+    finally:
+        await repo.close()
+        executor.shutdown(wait=True)
+        log.info("shut down")
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """Routes parse their bodies themselves (JSON, multipart, .npy); add their schemas here."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    spec = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    components = spec.setdefault("components", {}).setdefault("schemas", {})
+    for model in _BODY_SCHEMAS:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+    app.openapi_schema = spec
+    return spec
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    app = FastAPI(
+        title="latentserve",
+        version=__version__,
+        description="Samples, latent codes, reconstructions and outlier scores from generative "
+        "models (AE, VAE, GAN) served by ONNX Runtime. Errors: "
+        '`{"error": {"code", "message", "field"}}`.',
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=app.state.metrics,
+        max_request_bytes=settings.max_request_bytes,
+    )
+    install_error_handlers(app)
+    app.include_router(inference_router)
+    app.include_router(models_router)
+    app.include_router(probes_router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app

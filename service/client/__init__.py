@@ -1,0 +1,28 @@
+"""Python client for a latentserve server. Needs only httpx and numpy (`pip install
+'latentserve[client]'`).
+
+    from service.client import Client
+    with Client("http://127.0.0.1:8000") as c:
+        samples = c.sample(16, seed=0)            # numpy array (16, *input_shape)
+        scores = c.anomaly_score(samples).scores
+"""
+
+from service.client._client import (
+    DEFAULT_TIMEOUT,
+    AnomalyScores,
+    AsyncClient,
+    Client,
+    Encoding,
+)
+from service.client._errors import APIError, ConnectionFailed, LatentServeClientError
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "APIError",
+    "AnomalyScores",
+    "AsyncClient",
+    "Client",
+    "ConnectionFailed",
+    "Encoding",
+    "LatentServeClientError",
+]

@@ -1,0 +1,392 @@
+"""Sync and async clients with the same method names; arrays travel as .npy when large."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from service.client._errors import APIError, ConnectionFailed
+
+DEFAULT_TIMEOUT = 30.0
+NPY = "application/x-npy"
+Method = Literal["reconstruction", "elbo", "iwae", "discriminator"]
+
+
+@dataclass
+class Encoding:
+    mean: NDArray[np.float32]
+    log_var: NDArray[np.float32]
+    z: NDArray[np.float32] | None = None
+
+
+@dataclass
+class AnomalyScores:
+    scores: NDArray[np.float32]
+    threshold: float | None
+    is_outlier: NDArray[np.bool_] | None
+    per_pixel: NDArray[np.float32] | None = None
+
+
+def _load_npy(content: bytes) -> NDArray[Any]:
+    return np.lib.format.read_array(io.BytesIO(content), allow_pickle=False)
+
+
+def _list(x: ArrayLike) -> Any:
+    return np.asarray(x, dtype=np.float32).tolist()
+
+
+def _labels(labels: ArrayLike | int | None) -> Any:
+    if labels is None:
+        return None
+    return np.atleast_1d(np.asarray(labels, dtype=np.int64)).tolist()
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        err = response.json()["error"]
+        code, message, field = err["code"], err["message"], err.get("field")
+    except (ValueError, KeyError, TypeError):
+        code, message, field = "http_error", response.text[:500], None
+    retry = response.headers.get("retry-after")
+    raise APIError(
+        response.status_code,
+        code,
+        message,
+        field,
+        float(retry) if retry and retry.replace(".", "", 1).isdigit() else None,
+    )
+
+
+class _Requests:
+    """What both clients send and how they read answers; only the transport differs."""
+
+    def __init__(self, model: str | None) -> None:
+        self.model = model
+
+    def body(self, **fields: Any) -> dict[str, Any]:
+        if self.model is not None and fields.get("model") is None:
+            fields["model"] = self.model
+        return {k: v for k, v in fields.items() if v is not None}
+
+    @staticmethod
+    def array(response: httpx.Response) -> NDArray[Any]:
+        _raise_for_error(response)
+        return _load_npy(response.content)
+
+    @staticmethod
+    def json(response: httpx.Response) -> dict[str, Any]:
+        _raise_for_error(response)
+        data: dict[str, Any] = response.json()
+        return data
+
+    @staticmethod
+    def scores(data: dict[str, Any]) -> AnomalyScores:
+        outl = data.get("is_outlier")
+        pix = data.get("per_pixel")
+        return AnomalyScores(
+            scores=np.asarray(data["scores"], dtype=np.float32),
+            threshold=data.get("threshold"),
+            is_outlier=None if outl is None else np.asarray(outl, dtype=bool),
+            per_pixel=None if pix is None else np.asarray(pix, dtype=np.float32),
+        )
+
+    @staticmethod
+    def encoding(data: dict[str, Any]) -> Encoding:
+        z = data.get("z")
+        return Encoding(
+            np.asarray(data["mean"], dtype=np.float32),
+            np.asarray(data["log_var"], dtype=np.float32),
+            None if z is None else np.asarray(z, dtype=np.float32),
+        )
+
+
+class Client:
+    """Blocking client. Methods return numpy arrays; errors raise `APIError`."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(
+            base_url=base_url, timeout=timeout, headers=headers, transport=transport
+        )
+        self._r = _Requests(model)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _post(
+        self, path: str, body: dict[str, Any], accept: str = "application/json"
+    ) -> httpx.Response:
+        try:
+            return self._http.post(path, json=body, headers={"Accept": accept})
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"POST {path}: {exc}") from exc
+
+    def _get(self, path: str) -> httpx.Response:
+        try:
+            return self._http.get(path)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"GET {path}: {exc}") from exc
+
+    def models(self) -> list[dict[str, Any]]:
+        models: list[dict[str, Any]] = self._r.json(self._get("/models"))["models"]
+        return models
+
+    def model_info(self, name: str) -> dict[str, Any]:
+        return self._r.json(self._get(f"/models/{name}"))
+
+    def ready(self) -> bool:
+        try:
+            return self._get("/readyz").status_code == 200
+        except ConnectionFailed:
+            return False
+
+    def sample(
+        self,
+        n: int = 1,
+        *,
+        seed: int | None = None,
+        temperature: float = 1.0,
+        labels: ArrayLike | int | None = None,
+        model: str | None = None,
+    ) -> NDArray[np.float32]:
+        body = self._r.body(
+            model=model, n=n, seed=seed, temperature=temperature, labels=_labels(labels)
+        )
+        return self._r.array(self._post("/sample", body, NPY))
+
+    def sample_png(
+        self,
+        n: int = 1,
+        *,
+        seed: int | None = None,
+        temperature: float = 1.0,
+        labels: ArrayLike | int | None = None,
+        model: str | None = None,
+    ) -> bytes:
+        """One PNG grid of `n` samples."""
+        body = self._r.body(
+            model=model, n=n, seed=seed, temperature=temperature, labels=_labels(labels)
+        )
+        response = self._post("/sample", body, "image/png")
+        _raise_for_error(response)
+        return response.content
+
+    def encode(
+        self,
+        inputs: ArrayLike,
+        *,
+        samples_per_input: int = 0,
+        seed: int = 0,
+        labels: ArrayLike | int | None = None,
+        model: str | None = None,
+    ) -> Encoding:
+        body = self._r.body(
+            model=model,
+            inputs=_list(inputs),
+            labels=_labels(labels),
+            samples_per_input=samples_per_input or None,
+            seed=seed,
+        )
+        return self._r.encoding(self._r.json(self._post("/encode", body)))
+
+    def decode(
+        self, z: ArrayLike, *, labels: ArrayLike | int | None = None, model: str | None = None
+    ) -> NDArray[np.float32]:
+        body = self._r.body(model=model, z=_list(z), labels=_labels(labels))
+        return self._r.array(self._post("/decode", body, NPY))
+
+    def reconstruct(
+        self, inputs: ArrayLike, *, labels: ArrayLike | int | None = None, model: str | None = None
+    ) -> NDArray[np.float32]:
+        body = self._r.body(model=model, inputs=_list(inputs), labels=_labels(labels))
+        return self._r.array(self._post("/reconstruct", body, NPY))
+
+    def interpolate(
+        self,
+        start: ArrayLike,
+        end: ArrayLike,
+        *,
+        steps: int = 8,
+        mode: Literal["linear", "spherical"] = "linear",
+        latent: bool = False,
+        labels: ArrayLike | int | None = None,
+        model: str | None = None,
+    ) -> NDArray[np.float32]:
+        """Path from `start` to `end`: inputs by default, latents with `latent=True`."""
+        pair = [_list(start), _list(end)]
+        body = self._r.body(
+            model=model,
+            steps=steps,
+            mode=mode,
+            labels=_labels(labels),
+            **({"z": pair} if latent else {"inputs": pair}),
+        )
+        return self._r.array(self._post("/interpolate", body, NPY))
+
+    def anomaly_score(
+        self,
+        inputs: ArrayLike,
+        *,
+        method: Method = "reconstruction",
+        k: int = 16,
+        seed: int = 0,
+        threshold: float | None = None,
+        per_pixel: bool = False,
+        labels: ArrayLike | int | None = None,
+        model: str | None = None,
+    ) -> AnomalyScores:
+        body = self._r.body(
+            model=model,
+            inputs=_list(inputs),
+            method=method,
+            k=k,
+            seed=seed,
+            threshold=threshold,
+            per_pixel=per_pixel or None,
+            labels=_labels(labels),
+        )
+        return self._r.scores(self._r.json(self._post("/anomaly-score", body)))
+
+
+class AsyncClient:
+    """The same methods as `Client`, awaitable."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.AsyncClient(
+            base_url=base_url, timeout=timeout, headers=headers, transport=transport
+        )
+        self._r = _Requests(model)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _post(
+        self, path: str, body: dict[str, Any], accept: str = "application/json"
+    ) -> httpx.Response:
+        try:
+            return await self._http.post(path, json=body, headers={"Accept": accept})
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"POST {path}: {exc}") from exc
+
+    async def _get(self, path: str) -> httpx.Response:
+        try:
+            return await self._http.get(path)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"GET {path}: {exc}") from exc
+
+    async def models(self) -> list[dict[str, Any]]:
+        models: list[dict[str, Any]] = self._r.json(await self._get("/models"))["models"]
+        return models
+
+    async def model_info(self, name: str) -> dict[str, Any]:
+        return self._r.json(await self._get(f"/models/{name}"))
+
+    async def ready(self) -> bool:
+        try:
+            return (await self._get("/readyz")).status_code == 200
+        except ConnectionFailed:
+            return False
+
+    async def sample(
+        self,
+        n: int = 1,
+        *,
+        seed: int | None = None,
+        temperature: float = 1.0,
+        labels: ArrayLike | int | None = None,
+        model: str | None = None,
+    ) -> NDArray[np.float32]:
+        body = self._r.body(
+            model=model, n=n, seed=seed, temperature=temperature, labels=_labels(labels)
+        )
+        return self._r.array(await self._post("/sample", body, NPY))
+
+    async def encode(
+        self,
+        inputs: ArrayLike,
+        *,
+        samples_per_input: int = 0,
+        seed: int = 0,
+        labels: ArrayLike | int | None = None,
+        model: str | None = None,
+    ) -> Encoding:
+        body = self._r.body(
+            model=model,
+            inputs=_list(inputs),
+            labels=_labels(labels),
+            samples_per_input=samples_per_input or None,
+            seed=seed,
+        )
+        return self._r.encoding(self._r.json(await self._post("/encode", body)))
+
+    async def decode(
+        self, z: ArrayLike, *, labels: ArrayLike | int | None = None, model: str | None = None
+    ) -> NDArray[np.float32]:
+        body = self._r.body(model=model, z=_list(z), labels=_labels(labels))
+        return self._r.array(await self._post("/decode", body, NPY))
+
+    async def reconstruct(
+        self, inputs: ArrayLike, *, labels: ArrayLike | int | None = None, model: str | None = None
+    ) -> NDArray[np.float32]:
+        body = self._r.body(model=model, inputs=_list(inputs), labels=_labels(labels))
+        return self._r.array(await self._post("/reconstruct", body, NPY))
+
+    async def anomaly_score(
+        self,
+        inputs: ArrayLike,
+        *,
+        method: Method = "reconstruction",
+        k: int = 16,
+        seed: int = 0,
+        threshold: float | None = None,
+        per_pixel: bool = False,
+        labels: ArrayLike | int | None = None,
+        model: str | None = None,
+    ) -> AnomalyScores:
+        body = self._r.body(
+            model=model,
+            inputs=_list(inputs),
+            method=method,
+            k=k,
+            seed=seed,
+            threshold=threshold,
+            per_pixel=per_pixel or None,
+            labels=_labels(labels),
+        )
+        return self._r.scores(self._r.json(await self._post("/anomaly-score", body)))

@@ -1,0 +1,138 @@
+"""ONNX Runtime session creation: execution provider choice, provider options, threading.
+
+The provider actually used is read back from the session (`get_providers()`), never assumed:
+onnxruntime-gpu lists CUDA as available on machines without a usable GPU and silently falls back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from service.errors import ProviderUnavailable
+
+log = logging.getLogger("latentserve.runtime")
+
+PROVIDER_ALIASES = {
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+_warned: set[str] = set()
+_dlls_preloaded = False
+_gpu_failed = False  # set after the first failed GPU start, so later sessions skip the retry
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How to build sessions; filled from `Settings` by the API layer."""
+
+    providers: tuple[str, ...] = ("cuda", "cpu")
+    require_gpu: bool = False
+    cuda_device_id: int = 0
+    cuda_mem_limit_bytes: int | None = None
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"
+    intra_op_threads: int = 0  # 0 = ONNX Runtime's default (one per core)
+    inter_op_threads: int = 1
+    graph_optimization: str = "all"
+    extra_cuda_options: dict[str, str] = field(default_factory=dict)
+
+
+def _provider_list(cfg: SessionConfig) -> list[str | tuple[str, dict[str, Any]]]:
+    available = set(ort.get_available_providers())
+    chosen: list[str | tuple[str, dict[str, Any]]] = []
+    for alias in cfg.providers:
+        name = PROVIDER_ALIASES.get(alias.lower(), alias)
+        if name not in available:
+            continue
+        if name == "CUDAExecutionProvider":
+            opts: dict[str, Any] = {
+                "device_id": cfg.cuda_device_id,
+                "cudnn_conv_algo_search": cfg.cudnn_conv_algo_search,
+                **cfg.extra_cuda_options,
+            }
+            if cfg.cuda_mem_limit_bytes:
+                opts["gpu_mem_limit"] = cfg.cuda_mem_limit_bytes
+            chosen.append((name, opts))
+        else:
+            chosen.append(name)
+    if "CPUExecutionProvider" not in [c if isinstance(c, str) else c[0] for c in chosen]:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def _preload_cuda_libraries() -> None:
+    """onnxruntime-gpu >= 1.21 can load CUDA/cuDNN from pip-installed nvidia packages or torch."""
+    global _dlls_preloaded
+    if _dlls_preloaded:
+        return
+    _dlls_preloaded = True
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        captured = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+                preload()
+        except Exception as exc:  # best effort: the session start reports the real outcome
+            log.debug("onnxruntime.preload_dlls failed: %s", exc)
+        if captured.getvalue().strip():
+            log.debug("onnxruntime.preload_dlls: %s", captured.getvalue().strip())
+
+
+def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
+    """Create a session on the first provider in `cfg.providers` that really loads."""
+    global _gpu_failed
+    wants_gpu = any(
+        PROVIDER_ALIASES.get(p.lower(), p) != "CPUExecutionProvider" for p in cfg.providers
+    )
+    if wants_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+        _preload_cuda_libraries()
+    providers = _provider_list(cfg)
+    if _gpu_failed and not cfg.require_gpu:
+        providers = ["CPUExecutionProvider"]
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = cfg.intra_op_threads
+    so.inter_op_num_threads = cfg.inter_op_threads
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[cfg.graph_optimization]
+    so.log_severity_level = 3
+    # ORT reports a GPU provider that cannot load through its default logger, several lines per
+    # session; one warning of ours below says the same once.
+    ort.set_default_logger_severity(4)
+    try:
+        session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    finally:
+        ort.set_default_logger_severity(2)
+    used = session.get_providers()[0]
+    if wants_gpu and used == "CPUExecutionProvider":
+        _gpu_failed = True
+        if cfg.require_gpu:
+            raise ProviderUnavailable(
+                f"a GPU provider was required ({', '.join(cfg.providers)}) but ONNX Runtime "
+                f"could only start {used}; available: {ort.get_available_providers()}"
+            )
+        if "fallback" not in _warned:
+            _warned.add("fallback")
+            log.warning(
+                "GPU execution provider requested (%s) but unavailable; running on CPU",
+                ",".join(cfg.providers),
+            )
+    return session
+
+
+def provider_short_name(provider: str) -> str:
+    for alias, name in PROVIDER_ALIASES.items():
+        if name == provider:
+            return alias
+    return provider

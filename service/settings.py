@@ -1,0 +1,87 @@
+"""Service configuration. Every field can be set with an environment variable `LATENTSERVE_<NAME>`
+(e.g. `LATENTSERVE_PROVIDERS=cuda,cpu`) or a `.env` file; the README lists them all."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LATENTSERVE_", env_file=".env", extra="ignore")
+
+    # -- models --------------------------------------------------------------------------------
+    model_repository: Path = DEFAULT_MODEL_REPOSITORY
+    """Folder holding one sub-folder per model (model.json + ONNX files)."""
+    enabled_models: Annotated[list[str] | None, NoDecode] = None
+    """Comma-separated model names to load; default: every model in the repository. /readyz waits
+    for all of them."""
+    default_model: str | None = "digits-vae"
+    """Model used when a request names none."""
+
+    # -- ONNX Runtime --------------------------------------------------------------------------
+    providers: Annotated[list[str], NoDecode] = ["cuda", "cpu"]
+    """Execution providers in order of preference: cuda, cpu, tensorrt (comma separated)."""
+    require_gpu: bool = False
+    """Refuse to start when no GPU provider loads, instead of falling back to CPU."""
+    cuda_device_id: int = 0
+    cuda_mem_limit_mb: int | None = None
+    """CUDA memory arena limit per session, in MiB."""
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "EXHAUSTIVE"
+    intra_op_threads: int = Field(default=0, ge=0)
+    """Threads ONNX Runtime uses inside one operator (0 = one per core)."""
+    inter_op_threads: int = Field(default=1, ge=0)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    inference_threads: int = Field(default=4, ge=1)
+    """Threads that run sessions, so inference never blocks the event loop."""
+
+    # -- batching ------------------------------------------------------------------------------
+    batching: bool = True
+    """Merge concurrent requests into one session run."""
+    max_batch_size: int = Field(default=256, ge=1)
+    max_delay_ms: float = Field(default=1.0, ge=0)
+    """How long the first request of a batch may wait for others."""
+    max_queue_rows: int = Field(default=16384, ge=1)
+    """Rows waiting per session beyond which requests get 503 + Retry-After."""
+
+    # -- request limits ------------------------------------------------------------------------
+    max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_samples: int = Field(default=1024, ge=1)
+    """Largest n for /sample and largest batch of inputs per request."""
+    max_iwae_k: int = Field(default=1024, ge=1)
+    max_interpolation_steps: int = Field(default=256, ge=2)
+
+    # -- security and logging ------------------------------------------------------------------
+    api_key: SecretStr | None = None
+    """If set, every route but health, readiness and metrics needs `Authorization: Bearer <key>`."""
+    log_level: str = "INFO"
+    log_json: bool = True
+    """One JSON object per log line (with request_id); plain text when false."""
+
+    @field_validator("providers", "enabled_models", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            items = [v.strip() for v in value.split(",") if v.strip()]
+            return items or None
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        allowed = {"cuda", "cpu", "tensorrt"}
+        bad = [p for p in value if p.lower() not in allowed]
+        if bad or not value:
+            raise ValueError(f"providers must be a list from {sorted(allowed)}, got {value}")
+        return [p.lower() for p in value]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,125 @@
+"""The batcher merges concurrent calls, keeps incompatible ones apart, and sheds load."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.errors import Overloaded
+from service.runtime.batching import Batcher, BatchingConfig, Feeds, Outputs
+
+
+class Recorder:
+    def __init__(self, delay: float = 0.02) -> None:
+        self.batches: list[int] = []
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    def __call__(self, feeds: Feeds) -> Outputs:
+        x = feeds["x"]
+        with self.lock:
+            self.batches.append(len(x))
+        time.sleep(self.delay)
+        return [x * 2, x.sum(axis=tuple(range(1, x.ndim)))]
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def batch_done(
+        self, part: str, requests: int, rows: int, queue_s: object, run_s: float
+    ) -> None:
+        self.calls.append((requests, rows))
+
+
+@pytest.fixture
+def executor():
+    with ThreadPoolExecutor(2) as ex:
+        yield ex
+
+
+async def test_concurrent_calls_are_merged_and_split_back(executor) -> None:
+    run = Recorder()
+    obs = Observer()
+    b = Batcher("m/p", run, executor, BatchingConfig(max_batch_size=64, max_delay_ms=5), obs)
+    inputs = [np.full((i % 3 + 1, 4), i, dtype=np.float32) for i in range(20)]
+    outs = await asyncio.gather(*(b.run({"x": x}) for x in inputs))
+    for x, (doubled, sums) in zip(inputs, outs, strict=True):
+        np.testing.assert_array_equal(doubled, x * 2)
+        np.testing.assert_array_equal(sums, x.sum(1))
+    assert len(run.batches) < 20  # merged
+    assert sum(run.batches) == sum(len(x) for x in inputs)
+    assert max(r for r, _ in obs.calls) > 1
+    await b.close()
+
+
+async def test_batches_never_exceed_max_batch_size(executor) -> None:
+    run = Recorder()
+    b = Batcher("m/p", run, executor, BatchingConfig(max_batch_size=8, max_delay_ms=5))
+    await asyncio.gather(*(b.run({"x": np.zeros((3, 2), np.float32)}) for _ in range(12)))
+    assert max(run.batches) <= 8
+    await b.close()
+
+
+async def test_incompatible_shapes_are_not_merged(executor) -> None:
+    run = Recorder()
+    b = Batcher("m/p", run, executor, BatchingConfig(max_batch_size=64, max_delay_ms=5))
+    a_in = [np.zeros((1, 4), np.float32) for _ in range(5)]
+    b_in = [np.zeros((1, 6), np.float32) for _ in range(5)]
+    outs = await asyncio.gather(*(b.run({"x": x}) for x in a_in + b_in))
+    assert [o[0].shape for o in outs] == [(1, 4)] * 5 + [(1, 6)] * 5
+    assert len(run.batches) >= 2
+    await b.close()
+
+
+async def test_queue_limit_answers_overloaded(executor) -> None:
+    run = Recorder(delay=0.2)
+    b = Batcher(
+        "m/p", run, executor, BatchingConfig(max_batch_size=4, max_delay_ms=0, max_queue_rows=6)
+    )
+    tasks = [asyncio.create_task(b.run({"x": np.zeros((2, 2), np.float32)})) for _ in range(10)]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    overloaded = [r for r in results if isinstance(r, Overloaded)]
+    assert overloaded and all(r.retry_after_s > 0 for r in overloaded)
+    assert any(not isinstance(r, Exception) for r in results)
+    await b.close()
+
+
+async def test_errors_reach_every_caller_of_the_batch(executor) -> None:
+    def broken(feeds: Feeds) -> Outputs:
+        raise RuntimeError("boom")
+
+    b = Batcher("m/p", broken, executor, BatchingConfig(max_delay_ms=5))
+    results = await asyncio.gather(
+        *(b.run({"x": np.zeros((1, 2), np.float32)}) for _ in range(4)), return_exceptions=True
+    )
+    assert all(isinstance(r, RuntimeError) for r in results)
+    # and the batcher still works afterwards
+    b2 = Batcher("m/q", Recorder(0), executor, BatchingConfig())
+    assert (await b2.run({"x": np.ones((1, 2), np.float32)}))[0].tolist() == [[2.0, 2.0]]
+    await b.close()
+    await b2.close()
+
+
+async def test_disabled_batching_runs_each_call_alone(executor) -> None:
+    run = Recorder(delay=0.01)
+    b = Batcher("m/p", run, executor, BatchingConfig(enabled=False))
+    await asyncio.gather(*(b.run({"x": np.zeros((1, 2), np.float32)}) for _ in range(6)))
+    assert run.batches == [1] * 6
+
+
+async def test_close_drains_then_later_calls_still_run(executor) -> None:
+    run = Recorder(delay=0.02)
+    b = Batcher("m/p", run, executor, BatchingConfig(max_delay_ms=1))
+    pending = [asyncio.create_task(b.run({"x": np.ones((1, 2), np.float32)})) for _ in range(5)]
+    await asyncio.sleep(0)
+    await b.close()
+    assert all(t.done() and not t.exception() for t in pending)
+    out = await b.run({"x": np.ones((1, 2), np.float32)})  # a caller holding the old model
+    assert out[0].tolist() == [[2.0, 2.0]]

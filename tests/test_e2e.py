@@ -1,0 +1,147 @@
+"""End to end: a real `python -m service serve` process on 127.0.0.1, driven through the SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from service.client import APIError, AsyncClient, Client, ConnectionFailed
+from tests.conftest import MODELS, LiveServer
+
+pytestmark = pytest.mark.e2e
+
+
+def test_sdk_values_against_a_real_server(
+    live_server: LiveServer, digits_test: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, _ = digits_test
+    noise = np.random.default_rng(1).uniform(size=(300, 64)).astype(np.float32)
+    with Client(live_server.url) as c:
+        assert c.ready()
+        assert [m["name"] for m in c.models()] == ["digits-vae"]
+        a, b = c.sample(8, seed=11), c.sample(8, seed=11)
+        assert a.shape == (8, 64) and a.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+
+        rec_digits = ((c.reconstruct(x) - x) ** 2).mean(1)
+        rec_noise = ((c.reconstruct(noise) - noise) ** 2).mean(1)
+        assert np.median(rec_digits) < 0.25 * np.median(rec_noise)
+
+        digits = c.anomaly_score(x)
+        outliers = c.anomaly_score(noise)
+        assert digits.threshold == outliers.threshold and digits.threshold is not None
+        assert digits.is_outlier is not None and outliers.is_outlier is not None
+        assert digits.is_outlier.mean() <= 0.05  # >= 95% of held-out digits are inliers
+        assert outliers.is_outlier.mean() >= 0.95  # >= 95% of uniform noise is flagged
+
+        enc = c.encode(x[:4])
+        np.testing.assert_allclose(c.decode(enc.mean), c.reconstruct(x[:4]), atol=1e-6)
+        path = c.interpolate(x[0], x[1], steps=6)
+        assert path.shape == (6, 64)
+        png = c.sample_png(16, seed=0)
+        assert png.startswith(b"\x89PNG")
+
+        with pytest.raises(APIError) as err:
+            c.sample(1, model="missing")
+        assert err.value.status == 404 and err.value.field == "model"
+
+
+def test_async_sdk_and_batching_is_visible_in_metrics(live_server: LiveServer) -> None:
+    def batch_count() -> tuple[float, float]:
+        text = httpx.get(f"{live_server.url}/metrics").text
+        values = []
+        for stat in ("sum", "count"):
+            pattern = rf'latentserve_batch_requests_{stat}\{{part="digits-vae/decoder"\}} (\S+)'
+            match = re.search(pattern, text)
+            assert match is not None, text
+            values.append(float(match.group(1)))
+        return values[0], values[1]
+
+    before_sum, before_count = batch_count()
+
+    async def burst() -> list[np.ndarray]:
+        async with AsyncClient(live_server.url) as c:
+            return await asyncio.gather(*(c.sample(1, seed=i) for i in range(64)))
+
+    results = asyncio.run(burst())
+    with Client(live_server.url) as c:
+        for i in (0, 17, 63):  # merged requests still get their own seed's sample
+            np.testing.assert_array_equal(results[i], c.sample(1, seed=i))
+    after_sum, after_count = batch_count()
+    requests, batches = after_sum - before_sum, after_count - before_count
+    assert requests >= 64
+    assert batches < requests  # some session runs served several requests
+
+
+def test_connection_refused_is_a_clear_client_error() -> None:
+    from tests.conftest import free_port
+
+    with Client(f"http://127.0.0.1:{free_port()}", timeout=2) as c:
+        assert not c.ready()
+        with pytest.raises(ConnectionFailed):
+            c.sample(1)
+
+
+def test_client_installs_without_server_dependencies() -> None:
+    """Import the SDK with fastapi, onnxruntime, pydantic_settings and torch made unimportable."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'fastapi', 'onnxruntime', 'torch', 'starlette',\n"
+        "                                  'pydantic_settings', 'uvicorn', 'PIL', 'orjson'}:\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from service.client import Client, AsyncClient\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=str(MODELS.parent),
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_sigterm_finishes_in_flight_requests(tmp_path) -> None:
+    server = LiveServer({"LATENTSERVE_MODEL_REPOSITORY": str(MODELS)}).start()
+    results: list[int | str] = []
+
+    def slow_request() -> None:
+        try:  # iwae with large k takes a noticeable time on CPU
+            r = httpx.post(
+                f"{server.url}/anomaly-score",
+                json={"inputs": [[0.5] * 64] * 256, "method": "iwae", "k": 1024},
+                timeout=60,
+            )
+            results.append(r.status_code)
+        except httpx.HTTPError as exc:
+            results.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=slow_request) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    signalled = time.perf_counter()
+    for t in threads:
+        t.join(60)
+    drained_s = time.perf_counter() - signalled
+    server.proc.wait(30)
+    log = server.stop()
+    assert drained_s > 0.2, "the requests finished before SIGTERM: nothing was in flight"
+    assert results == [200] * 4, log
+    assert '"message": "shut down"' in log

@@ -1,0 +1,133 @@
+"""Training -> export -> calibration -> serving, on tiny models trained on sklearn digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.manifest import Manifest
+from training.calibrate import load_exported, score
+from training.config import ModelConfig, TrainConfig
+from training.data import load_digits, read_idx
+from training.export import export_checkpoint
+from training.losses import kl_to_standard_normal, reconstruction_nll
+from training.models import VAE
+from training.train import load_checkpoint, train
+
+pytestmark = pytest.mark.slow
+
+
+def test_kl_matches_monte_carlo() -> None:
+    torch.manual_seed(0)
+    mean, log_var = torch.randn(1, 3), torch.randn(1, 3) * 0.5
+    z = VAE.reparametrize(mean.expand(200000, 3), log_var.expand(200000, 3))
+    q = torch.distributions.Normal(mean, (0.5 * log_var).exp())
+    p = torch.distributions.Normal(0.0, 1.0)
+    mc = (q.log_prob(z) - p.log_prob(z)).sum(1).mean()
+    assert abs(kl_to_standard_normal(mean, log_var).item() - mc.item()) < 0.02
+
+
+def test_reparametrization_is_differentiable() -> None:
+    mean = torch.zeros(4, 2, requires_grad=True)
+    log_var = torch.zeros(4, 2, requires_grad=True)
+    VAE.reparametrize(mean, log_var).sum().backward()
+    assert mean.grad is not None and log_var.grad is not None
+    assert torch.all(mean.grad == 1)
+
+
+def test_reconstruction_nll_is_bernoulli() -> None:
+    logits = torch.tensor([[0.0, 2.0]])
+    x = torch.tensor([[1.0, 0.0]])
+    expected = -(np.log(0.5) + np.log(1 - 1 / (1 + np.exp(-2.0))))
+    assert abs(reconstruction_nll(logits, x).item() - expected) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    run = tmp_path_factory.mktemp("run")
+    splits = load_digits(seed=0)
+    cfg = ModelConfig(
+        kind="vae", input_shape=(64,), image_shape=(1, 8, 8), latent_dim=4, hidden=(64,)
+    )
+    ckpt = train(cfg, TrainConfig(epochs=8, seed=0), run, splits=splits, progress=False)
+    return run, ckpt
+
+
+def test_training_lowers_the_loss_and_checkpoints_carry_config(trained) -> None:
+    run, ckpt_path = trained
+    ckpt = load_checkpoint(ckpt_path)
+    assert ckpt.epoch == 8 and ckpt.model_config.latent_dim == 4
+    assert ckpt.metrics["val_loss"] < 40  # untrained ~ 64 * ln 2 = 44 nats
+    assert ckpt.optimizer_state is not None
+
+
+def test_training_is_deterministic_and_resumes(tmp_path: Path) -> None:
+    splits = load_digits(seed=0)
+    cfg = ModelConfig(kind="vae", latent_dim=2, hidden=(16,))
+    a = train(cfg, TrainConfig(epochs=2, seed=3), tmp_path / "a", splits=splits, progress=False)
+    b = train(cfg, TrainConfig(epochs=2, seed=3), tmp_path / "b", splits=splits, progress=False)
+    wa, wb = load_checkpoint(a).model.state_dict(), load_checkpoint(b).model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    resumed = train(
+        cfg,
+        TrainConfig(epochs=3, seed=3),
+        tmp_path / "a",
+        splits=splits,
+        resume=True,
+        progress=False,
+    )
+    assert load_checkpoint(resumed).epoch == 3
+
+
+def test_export_matches_pytorch_and_serves(trained, tmp_path: Path) -> None:
+    _, ckpt_path = trained
+    ckpt = load_checkpoint(ckpt_path)
+    folder = tmp_path / "tiny-vae"
+    manifest = export_checkpoint(ckpt, folder, "tiny-vae")
+    assert (folder / "encoder.onnx").exists() and (folder / "decoder.onnx").exists()
+    assert Manifest.load(folder).model_dump(mode="json") == manifest.model_dump(mode="json")
+    model = load_exported(folder)
+    x = load_digits(seed=0).test.x[:50]
+    import asyncio
+
+    mean, log_var = asyncio.run(model.encode(x))
+    with torch.no_grad():
+        t_mean, t_log_var = ckpt.model.encoder(torch.from_numpy(x))
+    np.testing.assert_allclose(mean, t_mean.numpy(), atol=1e-4)
+    np.testing.assert_allclose(log_var, t_log_var.numpy(), atol=1e-4)
+
+
+def test_calibration_threshold_is_the_heldout_percentile(trained, tmp_path: Path) -> None:
+    from training.calibrate import calibrate
+
+    _, ckpt_path = trained
+    folder = tmp_path / "tiny-vae"
+    export_checkpoint(load_checkpoint(ckpt_path), folder, "tiny-vae")
+    val = load_digits(seed=0).val
+    manifest = calibrate(folder, val, "digits val", percentile=90.0)
+    cal = manifest.calibration["reconstruction"]
+    scores = score(load_exported(folder), val.x, "reconstruction")
+    assert cal.n == len(val)
+    assert abs(np.mean(scores > cal.threshold) - 0.10) < 0.02
+    on_disk = json.loads((folder / "model.json").read_text())
+    assert on_disk["calibration"]["elbo"]["percentile"] == 90.0
+
+
+def test_idx_reader_round_trip(tmp_path: Path) -> None:
+    import gzip
+    import struct
+
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    raw = struct.pack(">HBB", 0, 8, 3) + struct.pack(">III", 2, 3, 4) + images.tobytes()
+    (tmp_path / "a").write_bytes(raw)
+    with gzip.open(tmp_path / "a.gz", "wb") as f:
+        f.write(raw)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a"), images)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), images)
+    (tmp_path / "bad").write_bytes(raw[:-1])
+    with pytest.raises(ValueError):
+        read_idx(tmp_path / "bad")

@@ -1,0 +1,75 @@
+"""Anomaly-score calibration: score held-out normal data with the *exported* model, through the
+service's own runtime, so the threshold in the manifest matches what the server computes."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from service.manifest import Calibration, Manifest
+from service.runtime.batching import BatchingConfig
+from service.runtime.model import GenerativeModel, ScoreMethod
+from service.runtime.sessions import SessionConfig
+from training.data import Split
+
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
+
+
+def load_exported(folder: Path) -> GenerativeModel:
+    return GenerativeModel.load(
+        folder,
+        SessionConfig(providers=("cpu",)),
+        BatchingConfig(enabled=False),
+        ThreadPoolExecutor(max_workers=1),
+    )
+
+
+def score(
+    model: GenerativeModel,
+    x: np.ndarray,
+    method: ScoreMethod,
+    y: np.ndarray | None = None,
+    k: int = 16,
+    batch_size: int = 512,
+) -> np.ndarray:
+    """Scores of `x` in batches, exactly as POST /anomaly-score computes them."""
+
+    async def run() -> np.ndarray:
+        out = []
+        for i in range(0, len(x), batch_size):
+            labels = None if y is None or not model.manifest.conditional else y[i : i + batch_size]
+            res = await model.anomaly_scores(
+                x[i : i + batch_size].astype(np.float32), method, k=k, seed=i, labels=labels
+            )
+            out.append(res.scores)
+        return np.concatenate(out)
+
+    return asyncio.run(run())
+
+
+def calibrate(
+    folder: Path,
+    heldout: Split,
+    dataset: str,
+    methods: tuple[ScoreMethod, ...] = ("reconstruction", "elbo"),
+    percentile: float = 99.0,
+) -> Manifest:
+    """Add calibration for each method to the manifest in `folder` and save it."""
+    model = load_exported(folder)
+    calibration = dict(model.manifest.calibration)
+    for method in methods:
+        s = score(model, heldout.x, method, heldout.y)
+        calibration[method] = Calibration(
+            method=method,
+            dataset=dataset,
+            n=len(s),
+            quantiles={f"{q:g}": float(np.quantile(s, q)) for q in QUANTILES},
+            percentile=percentile,
+            threshold=float(np.percentile(s, percentile)),
+        )
+    manifest = model.manifest.model_copy(update={"calibration": calibration})
+    manifest.save(folder)
+    return manifest

@@ -1,0 +1,109 @@
+"""Model cards: README.md with the evaluation table and how to reproduce, plus a sample grid PNG."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from service.manifest import Manifest
+from training.calibrate import load_exported
+from training.train import Checkpoint
+
+
+def image_grid(
+    images: np.ndarray, image_shape: tuple[int, int, int], cols: int = 8, scale: int = 1
+) -> Image.Image:
+    """(N, ...) values in [0, 1] -> one PNG-ready grid image."""
+    c, h, w = image_shape
+    n = len(images)
+    rows = (n + cols - 1) // cols
+    imgs = images.reshape(n, c, h, w)
+    grid = np.ones((c, rows * (h + 1) + 1, cols * (w + 1) + 1), dtype=np.float32)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = (
+            imgs[i]
+        )
+    arr = (np.clip(grid, 0, 1) * 255).round().astype(np.uint8)
+    img = Image.fromarray(arr[0] if c == 1 else arr.transpose(1, 2, 0))
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    return img
+
+
+def write_sample_grid(folder: Path, n: int = 64, seed: int = 0) -> Path:
+    model = load_exported(folder)
+    shape = model.manifest.input.image_shape
+    if shape is None:
+        raise ValueError("model has no image_shape")
+    labels = None
+    if model.manifest.num_classes:
+        labels = np.arange(n, dtype=np.int64) % model.manifest.num_classes
+    x, _ = asyncio.run(model.sample(n, seed=seed, labels=labels))
+    scale = max(1, 224 // (8 * shape[2]))
+    path = folder / "samples.png"
+    image_grid(x, shape, cols=model.manifest.num_classes or 8, scale=scale).save(path)
+    return path
+
+
+def write_card(
+    folder: Path, manifest: Manifest, reproduce: list[str], extra_sections: str = ""
+) -> Path:
+    lines = [
+        f"# {manifest.name} (version {manifest.version})",
+        "",
+        manifest.description or f"A {manifest.kind.value} model.",
+        "",
+        f"- kind: `{manifest.kind.value}`; input shape `{manifest.input.shape}` in "
+        f"{list(manifest.input.value_range)}; latent size {manifest.latent_dim}"
+        + (f"; {manifest.num_classes} classes" if manifest.num_classes else ""),
+        f"- parts: {', '.join(f'`{p.path}`' for p in manifest.parts.values())}",
+        "",
+        "## Samples",
+        "",
+        "![samples](samples.png)",
+        "",
+        "## Metrics",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        *[f"| {k} | {v:.4g} |" for k, v in sorted(manifest.metrics.items())],
+        "",
+        "## Anomaly-score calibration",
+        "",
+        "| method | held-out data | n | percentile | threshold | median |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *[
+            f"| {c.method} | {c.dataset} | {c.n} | {c.percentile:g} | {c.threshold:.4g} | "
+            f"{c.quantiles.get('0.5', float('nan')):.4g} |"
+            for c in manifest.calibration.values()
+        ],
+        "",
+        extra_sections,
+        "## Reproduce",
+        "",
+        "```bash",
+        *reproduce,
+        "```",
+        "",
+    ]
+    path = folder / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def reproduce_commands(ckpt: Checkpoint, out: Path) -> list[str]:
+    """The exact commands that rebuild this model folder, from the checkpoint's own config."""
+    m, t = ckpt.model_config, ckpt.train_config
+    run = f"runs/{out.name}"
+    train = (
+        f"python -m training train --model {m.kind} --dataset {t.dataset}"
+        + (f" --data-dir {t.data_dir}" if t.data_dir else "")
+        + f" --epochs {t.epochs} --batch-size {t.batch_size} --lr {t.lr:g}"
+        f" --latent-dim {m.latent_dim} --hidden {','.join(map(str, m.hidden))}"
+        f" --beta {m.beta:g} --seed {t.seed} --out {run}"
+    )
+    return [train, f"python -m training export {run}/checkpoint.pt --out {out}"]

@@ -1,0 +1,52 @@
+"""Configs that travel inside every checkpoint, so export and evaluation rebuild the exact model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of one model family member."""
+
+    kind: str = "vae"  # ae | vae | cvae | gan | cgan
+    arch: str = "mlp"  # mlp | conv
+    input_shape: tuple[int, ...] = (64,)
+    image_shape: tuple[int, int, int] | None = (1, 8, 8)
+    latent_dim: int = 8
+    hidden: tuple[int, ...] = (128, 64)
+    num_classes: int | None = None
+    beta: float = 1.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        d = dict(d)
+        d["input_shape"] = tuple(d["input_shape"])
+        d["hidden"] = tuple(d["hidden"])
+        if d.get("image_shape") is not None:
+            d["image_shape"] = tuple(d["image_shape"])
+        return cls(**d)
+
+
+@dataclass
+class TrainConfig:
+    """How a model was trained: data, optimisation, seed."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 2e-3
+    seed: int = 0
+    device: str = "cpu"
+    normal_class: int | None = None  # one-class training for anomaly detection
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return cls(**d)
+
+
+def to_dict(cfg: ModelConfig | TrainConfig) -> dict[str, Any]:
+    return asdict(cfg)

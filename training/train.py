@@ -1,0 +1,151 @@
+"""Training loop for the autoencoder family: progress bar, seeds, resumable checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from training.config import ModelConfig, TrainConfig, to_dict
+from training.data import Split, Splits, load_dataset
+from training.losses import ae_loss, seed_everything, vae_loss
+from training.models import VAE, build_model
+
+log = logging.getLogger("training")
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class Checkpoint:
+    model_config: ModelConfig
+    train_config: TrainConfig
+    model: VAE
+    optimizer_state: dict[str, Any] | None
+    epoch: int
+    metrics: dict[str, float]
+
+
+def save_checkpoint(
+    path: Path,
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    train_cfg: TrainConfig,
+    epoch: int,
+    metrics: dict[str, float],
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model_config": to_dict(model.cfg),
+            "train_config": to_dict(train_cfg),
+            "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "metrics": metrics,
+        },
+        tmp,
+    )
+    tmp.replace(path)  # a crash mid-write never leaves a truncated checkpoint
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    # weights_only: checkpoints hold tensors and plain containers; no arbitrary unpickling.
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model_cfg = ModelConfig.from_dict(state["model_config"])
+    model = build_model(model_cfg)
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    return Checkpoint(
+        model_cfg,
+        TrainConfig.from_dict(state["train_config"]),
+        model,
+        state.get("optimizer"),
+        int(state["epoch"]),
+        dict(state.get("metrics", {})),
+    )
+
+
+def _loader(split: Split, batch_size: int, shuffle: bool, seed: int) -> DataLoader[Any]:
+    ds = TensorDataset(torch.from_numpy(split.x), torch.from_numpy(split.y))
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g)
+
+
+def _step(model: VAE, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    labels = y if model.cfg.num_classes else None
+    logits, mean, log_var = model(x, labels)
+    if model.deterministic:
+        loss = ae_loss(logits, x)
+        return loss, {"loss": loss.item(), "rec": loss.item(), "kl": 0.0}
+    loss, rec, kl = vae_loss(logits, x, mean, log_var, model.cfg.beta)
+    return loss, {"loss": loss.item(), "rec": rec.item(), "kl": kl.item()}
+
+
+@torch.no_grad()
+def evaluate_loss(model: VAE, split: Split, batch_size: int = 512) -> dict[str, float]:
+    """Mean loss terms over a split (nats per example), with a fixed seed for the noise."""
+    model.eval()
+    torch.manual_seed(0)
+    totals: dict[str, float] = {}
+    n = 0
+    for x, y in _loader(split, batch_size, shuffle=False, seed=0):
+        _, parts = _step(model, x, y)
+        for k, v in parts.items():
+            totals[k] = totals.get(k, 0.0) + v * len(x)
+        n += len(x)
+    return {k: v / n for k, v in totals.items()}
+
+
+def train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    out_dir: Path,
+    splits: Splits | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train and write `out_dir/checkpoint.pt` after every epoch; returns its path."""
+    seed_everything(train_cfg.seed)
+    if splits is None:
+        splits = load_dataset(train_cfg.dataset, train_cfg.data_dir, seed=train_cfg.seed)
+    train_split = splits.train
+    if train_cfg.normal_class is not None:
+        train_split = train_split.only(train_cfg.normal_class)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    device = torch.device(train_cfg.device)
+
+    model = build_model(model_cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
+    start_epoch = 0
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        model.load_state_dict(ckpt.model.state_dict())
+        if ckpt.optimizer_state is not None:
+            optimizer.load_state_dict(ckpt.optimizer_state)
+        start_epoch = ckpt.epoch
+        log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+
+    metrics: dict[str, float] = {}
+    bar = tqdm(range(start_epoch, train_cfg.epochs), disable=not progress, desc="epochs")
+    for epoch in bar:
+        model.train()
+        for x, y in _loader(train_split, train_cfg.batch_size, True, train_cfg.seed + epoch):
+            loss, parts = _step(model, x.to(device), y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+        metrics = {f"val_{k}": v for k, v in evaluate_loss(model, splits.val).items()}
+        metrics["train_loss"] = parts["loss"]
+        bar.set_postfix(val_loss=f"{metrics['val_loss']:.2f}")
+        save_checkpoint(ckpt_path, model, optimizer, train_cfg, epoch + 1, metrics)
+    if not np.isfinite(metrics.get("val_loss", 0.0)):
+        raise RuntimeError("training diverged: validation loss is not finite")
+    return ckpt_path
