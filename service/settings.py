@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     max_samples: int = Field(default=1024, ge=1)
     """Largest n for /sample and largest batch of inputs per request."""
     max_iwae_k: int = Field(default=1024, ge=1)
+    max_sampled_values: int = Field(default=2**25, ge=1)
+    """Largest n * k * (values per example) that one elbo/iwae score or /encode draw may expand
+    to; bounds the memory a single request can take (2**25 float32 = 128 MiB per array)."""
     max_interpolation_steps: int = Field(default=256, ge=2)
 
     # -- security and logging ------------------------------------------------------------------

@@ -145,3 +145,83 @@ def test_sigterm_finishes_in_flight_requests(tmp_path) -> None:
     assert drained_s > 0.2, "the requests finished before SIGTERM: nothing was in flight"
     assert results == [200] * 4, log
     assert '"message": "shut down"' in log
+
+
+def test_sync_and_async_clients_have_the_same_methods() -> None:
+    def public(cls: type) -> set[str]:
+        return {n for n in vars(cls) if not n.startswith("_")} - {"close", "aclose"}
+
+    assert public(Client) == public(AsyncClient)
+
+
+def test_async_client_values_match_sync(
+    live_server: LiveServer, digits_test: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, _ = digits_test
+
+    async def run() -> tuple[np.ndarray, np.ndarray, bytes]:
+        async with AsyncClient(live_server.url) as c:
+            path = await c.interpolate(x[0], x[1], steps=4)
+            scores = (await c.anomaly_score(x[:8], method="elbo", k=8)).scores
+            png = await c.sample_png(4, seed=1)
+            return path, scores, png
+
+    path, scores, png = asyncio.run(run())
+    with Client(live_server.url) as c:
+        np.testing.assert_allclose(path, c.interpolate(x[0], x[1], steps=4), atol=1e-6)
+        np.testing.assert_allclose(
+            scores, c.anomaly_score(x[:8], method="elbo", k=8).scores, rtol=1e-6
+        )
+        assert png == c.sample_png(4, seed=1)
+
+
+def test_reload_under_load_against_a_real_server(model_copy) -> None:
+    from service.manifest import Manifest
+
+    server = LiveServer({"LATENTSERVE_MODEL_REPOSITORY": str(model_copy)}).start()
+    folder = model_copy / "digits-vae"
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def hammer(seed: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            i = 0
+            while not stop.is_set():
+                r = c.post("/sample", json={"n": 4, "seed": seed * 1000 + i})
+                statuses.append(r.status_code)
+                i += 1
+
+    try:
+        threads = [threading.Thread(target=hammer, args=(s,)) for s in range(6)]
+        for t in threads:
+            t.start()
+        for version in ("2", "3"):
+            time.sleep(0.2)
+            Manifest.load(folder).model_copy(update={"version": version}).save(folder)
+            r = httpx.post(f"{server.url}/models/digits-vae/reload", timeout=30)
+            assert r.status_code == 200 and r.json()["version"] == version
+        time.sleep(0.2)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        final = httpx.post(f"{server.url}/sample", json={"n": 1, "seed": 0}).json()
+        assert final["version"] == "3"
+    finally:
+        stop.set()
+        log = server.stop()
+    assert len(statuses) > 20 and set(statuses) == {200}, log
+
+
+def test_request_id_reaches_the_json_log(model_copy) -> None:
+    import json
+
+    server = LiveServer({"LATENTSERVE_MODEL_REPOSITORY": str(model_copy)}).start()
+    try:
+        r = httpx.post(f"{server.url}/sample", json={"n": 1}, headers={"X-Request-ID": "trace-42"})
+        assert r.headers["x-request-id"] == "trace-42"
+    finally:
+        log = server.stop()
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    access = [r for r in records if r.get("request_id") == "trace-42"]
+    assert access and access[0]["logger"] == "latentserve.access" and access[0]["status"] == 200
+    assert any(r["message"].startswith("model digits-vae version") for r in records)

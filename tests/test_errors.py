@@ -133,3 +133,25 @@ async def test_api_key(app_with) -> None:  # type: ignore[no-untyped-def]
         assert (await c.get("/models")).status_code == 401
         for open_path in ("/healthz", "/readyz", "/metrics"):
             assert (await c.get(open_path)).status_code == 200
+
+
+async def test_sampling_expansion_is_bounded(app_with) -> None:
+    async with app_with(max_sampled_values=64 * 64 * 10) as c:
+        ok = await c.post("/anomaly-score", json={"inputs": [ROW] * 10, "method": "iwae", "k": 64})
+        assert ok.status_code == 200
+        r = await c.post("/anomaly-score", json={"inputs": [ROW] * 11, "method": "iwae", "k": 64})
+        assert r.status_code == 413 and r.json()["error"]["field"] == "k"
+        r = await c.post("/encode", json={"inputs": [ROW] * 100, "samples_per_input": 1000})
+        assert r.status_code == 413 and r.json()["error"]["field"] == "samples_per_input"
+
+
+async def test_full_queue_answers_503_with_retry_after(app_with) -> None:
+    import asyncio
+
+    async with app_with(max_queue_rows=4, max_delay_ms=50) as c:
+        rs = await asyncio.gather(*(c.post("/sample", json={"n": 3, "seed": i}) for i in range(12)))
+        codes = [r.status_code for r in rs]
+        assert 503 in codes and 200 in codes
+        busy = next(r for r in rs if r.status_code == 503)
+        assert busy.headers["retry-after"] == "1"
+        assert busy.json()["error"]["code"] == "overloaded"

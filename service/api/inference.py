@@ -63,6 +63,15 @@ def _check_count(n: int, settings: Settings, field: str) -> None:
         )
 
 
+def _check_expansion(values: int, settings: Settings, field: str) -> None:
+    if values > settings.max_sampled_values:
+        raise PayloadTooLarge(
+            f"this request would expand to {values} values (inputs x samples x size), more than "
+            f"the limit of {settings.max_sampled_values}; send fewer inputs or a smaller {field}",
+            field=field,
+        )
+
+
 def _inputs(model: GenerativeModel, body: Any, settings: Settings) -> F32:
     """The request's examples from `inputs` arrays or `images`, validated against the manifest."""
     spec = model.manifest.input
@@ -163,8 +172,9 @@ async def encode(request: Request, repo: RepositoryDep, settings: SettingsDep) -
         "log_var": log_var,
     }
     if body.samples_per_input:
-        if body.samples_per_input * len(x) > settings.max_samples * settings.max_iwae_k:
-            raise PayloadTooLarge("too many latent draws requested", field="samples_per_input")
+        _check_expansion(
+            len(x) * body.samples_per_input * mean.shape[1], settings, "samples_per_input"
+        )
         rng = np.random.default_rng(body.seed)
         eps = rng.standard_normal((len(x), body.samples_per_input, mean.shape[1]), dtype=np.float32)
         out["z"] = mean[:, None, :] + np.exp(0.5 * log_var)[:, None, :] * eps
@@ -240,6 +250,8 @@ async def anomaly_score(request: Request, repo: RepositoryDep, settings: Setting
     if body.k > settings.max_iwae_k:
         raise PayloadTooLarge(f"k is at most {settings.max_iwae_k}", field="k")
     x = _inputs(model, body, settings)
+    if body.method in ("elbo", "iwae"):
+        _check_expansion(len(x) * body.k * x[0].size, settings, "k")
     labels = _labels(model, body.labels, len(x))
     result = await model.anomaly_scores(x, body.method, body.k, body.seed, labels, body.per_pixel)
     calibration = model.manifest.calibration.get(body.method)

@@ -23,6 +23,7 @@ _OUTPUT_FORMAT: Any = Field(
     default="array",
     description="'array': nested float arrays; 'png': one base64 PNG per example. Send "
     "`Accept: image/png` for a single PNG grid, `Accept: application/x-npy` for binary.",
+    examples=["array"],
 )
 _INPUTS = Field(
     default=None,
@@ -34,6 +35,11 @@ _IMAGES = Field(
     default=None,
     description="Examples as base64 PNG/JPEG images (data URLs accepted); converted to the "
     "model's shape and value range. Multipart uploads arrive here too (form field 'images').",
+    examples=[
+        [
+            "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAIAQAAAADcdoHbAAAADklEQVR4nGNgwAEYcAEAABkAAfNR8XkAAAAASUVORK5CYII="
+        ]
+    ],
 )
 
 
@@ -69,7 +75,9 @@ class SampleRequest(_Request):
         default=1.0, gt=0, le=10, description="Scale of z ~ N(0, temperature² I).", examples=[0.8]
     )
     labels: Any = _LABELS
-    return_latents: bool = Field(default=False, description="Also return the latents z.")
+    return_latents: bool = Field(
+        default=False, description="Also return the latents z.", examples=[False]
+    )
     output_format: OutputFormat = _OUTPUT_FORMAT
 
 
@@ -77,7 +85,7 @@ class EncodeRequest(_WithInputs):
     samples_per_input: int = Field(
         default=0, ge=0, description="Also draw this many z ~ q(z|x) per input.", examples=[0]
     )
-    seed: int = Field(default=0, ge=0, lt=2**63, description="Seed for the z draws.")
+    seed: int = Field(default=0, ge=0, lt=2**63, description="Seed for the z draws.", examples=[0])
 
 
 class DecodeRequest(_Request):
@@ -94,15 +102,25 @@ class ReconstructRequest(_WithInputs):
 class InterpolateRequest(_Request):
     model: str | None = _MODEL
     inputs: Any = Field(
-        default=None, description="Two examples [2, *input_shape]: start and end (encoded first)."
+        default=None,
+        description="Two examples [2, *input_shape]: start and end (encoded first).",
+        examples=[[[0.0] * 64, [1.0] * 64]],
     )
     images: list[str] | list[bytes] | None = Field(
-        default=None, description="Two base64 images: start and end."
+        default=None, description="Two base64 images: start and end.", examples=[None]
     )
-    z: Any = Field(default=None, description="Two latents [2, latent_dim]: start and end.")
-    steps: int = Field(default=8, ge=2, description="Points from start to end, both included.")
+    z: Any = Field(
+        default=None,
+        description="Two latents [2, latent_dim]: start and end.",
+        examples=[[[-1.0] * 8, [1.0] * 8]],
+    )
+    steps: int = Field(
+        default=8, ge=2, description="Points from start to end, both included.", examples=[8]
+    )
     mode: Literal["linear", "spherical"] = Field(
-        default="linear", description="'spherical' (slerp) keeps the norm typical of N(0, I)."
+        default="linear",
+        description="'spherical' (slerp) keeps the norm typical of N(0, I).",
+        examples=["spherical"],
     )
     labels: Any = _LABELS
     output_format: OutputFormat = _OUTPUT_FORMAT
@@ -121,13 +139,22 @@ class AnomalyScoreRequest(_WithInputs):
         "deterministic. elbo: -ELBO in nats (k samples of q(z|x)). iwae: the importance-weighted "
         "bound on -log p(x) in nats (k samples; tighter as k grows). discriminator: -log D(x) "
         "for GANs that export a discriminator.",
+        examples=["elbo"],
     )
-    k: int = Field(default=16, ge=1, description="Samples per input for elbo and iwae.")
-    seed: int = Field(default=0, ge=0, lt=2**63, description="Seed for elbo/iwae sampling.")
+    k: int = Field(
+        default=16, ge=1, description="Samples per input for elbo and iwae.", examples=[64]
+    )
+    seed: int = Field(
+        default=0, ge=0, lt=2**63, description="Seed for elbo/iwae sampling.", examples=[0]
+    )
     threshold: float | None = Field(
-        default=None, description="Outlier threshold; the model's calibrated one when omitted."
+        default=None,
+        description="Outlier threshold; the model's calibrated one when omitted.",
+        examples=[None],
     )
-    per_pixel: bool = Field(default=False, description="Also return per-pixel scores.")
+    per_pixel: bool = Field(
+        default=False, description="Also return per-pixel scores.", examples=[False]
+    )
 
 
 # -- responses ---------------------------------------------------------------------------------
@@ -137,86 +164,161 @@ class _Response(BaseModel):
 
 
 class SampleResponse(_Response):
-    seed: int = Field(description="Seed used (the request's or the one chosen).")
+    seed: int = Field(description="Seed used (the request's or the one chosen).", examples=[42])
     shape: list[int] = Field(description="Shape of `samples`.", examples=[[16, 64]])
-    samples: list[Any] | None = Field(default=None, description="Samples, [n, *input_shape].")
-    images: list[str] | None = Field(default=None, description="Base64 PNGs (output_format=png).")
-    latents: list[list[float]] | None = Field(default=None, description="z, [n, latent_dim].")
+    samples: list[Any] | None = Field(
+        default=None, description="Samples, [n, *input_shape].", examples=[[[0.0] * 64]]
+    )
+    images: list[str] | None = Field(
+        default=None, description="Base64 PNGs (output_format=png).", examples=[None]
+    )
+    latents: list[list[float]] | None = Field(
+        default=None, description="z, [n, latent_dim] (return_latents).", examples=[None]
+    )
 
 
 class EncodeResponse(_Response):
-    mean: list[list[float]] = Field(description="Posterior means, [n, latent_dim].")
-    log_var: list[list[float]] = Field(description="Posterior log-variances, [n, latent_dim].")
+    mean: list[list[float]] = Field(
+        description="Posterior means, [n, latent_dim].", examples=[[[0.1] * 8]]
+    )
+    log_var: list[list[float]] = Field(
+        description="Posterior log-variances, [n, latent_dim].", examples=[[[-2.0] * 8]]
+    )
     z: list[list[list[float]]] | None = Field(
-        default=None, description="Draws z ~ q(z|x), [n, samples_per_input, latent_dim]."
+        default=None,
+        description="Draws z ~ q(z|x), [n, samples_per_input, latent_dim].",
+        examples=[None],
     )
 
 
 class OutputsResponse(_Response):
-    shape: list[int] = Field(description="Shape of `outputs`.")
-    outputs: list[Any] | None = Field(default=None, description="[n, *input_shape].")
-    images: list[str] | None = Field(default=None, description="Base64 PNGs (output_format=png).")
+    shape: list[int] = Field(description="Shape of `outputs`.", examples=[[1, 64]])
+    outputs: list[Any] | None = Field(
+        default=None, description="[n, *input_shape].", examples=[[[0.0] * 64]]
+    )
+    images: list[str] | None = Field(
+        default=None, description="Base64 PNGs (output_format=png).", examples=[None]
+    )
     latents: list[list[float]] | None = Field(
-        default=None, description="Latents that were decoded (interpolation path)."
+        default=None,
+        description="Latents that were decoded (interpolation path).",
+        examples=[None],
     )
 
 
 class AnomalyScoreResponse(_Response):
-    method: str
-    scores: list[float] = Field(description="One score per input; higher is more anomalous.")
-    threshold: float | None = Field(description="Threshold applied (null: none is known).")
-    threshold_source: Literal["calibration", "request", "none"]
-    is_outlier: list[bool] | None = Field(description="score > threshold, per input.")
-    per_pixel: list[Any] | None = Field(default=None, description="[n, *input_shape] scores.")
+    method: str = Field(description="Scoring method used.", examples=["reconstruction"])
+    scores: list[float] = Field(
+        description="One score per input; higher is more anomalous.", examples=[[0.021, 0.31]]
+    )
+    threshold: float | None = Field(
+        description="Threshold applied (null: none is known).", examples=[0.054]
+    )
+    threshold_source: Literal["calibration", "request", "none"] = Field(
+        description="Where the threshold came from.", examples=["calibration"]
+    )
+    is_outlier: list[bool] | None = Field(
+        description="score > threshold, per input.", examples=[[False, True]]
+    )
+    per_pixel: list[Any] | None = Field(
+        default=None, description="[n, *input_shape] scores (per_pixel).", examples=[None]
+    )
 
 
 class PartInfo(BaseModel):
-    role: str
-    file: str
-    inputs: list[dict[str, Any]]
-    outputs: list[dict[str, Any]]
+    role: str = Field(
+        description="encoder, decoder, generator or discriminator.", examples=["decoder"]
+    )
+    file: str = Field(description="ONNX file in the model folder.", examples=["decoder.onnx"])
+    inputs: list[dict[str, Any]] = Field(
+        description="Graph inputs.",
+        examples=[[{"name": "z", "shape": [None, 8], "dtype": "float32"}]],
+    )
+    outputs: list[dict[str, Any]] = Field(
+        description="Graph outputs.",
+        examples=[[{"name": "x", "shape": [None, 64], "dtype": "float32"}]],
+    )
 
 
 class ModelInfo(BaseModel):
-    name: str
-    version: str | None = None
-    kind: str | None = None
-    status: Literal["ready", "failed"]
-    error: str | None = None
-    provider: str | None = Field(default=None, description="Execution provider in use: cuda/cpu.")
-    input_shape: list[int] | None = None
-    image_shape: list[int] | None = None
-    value_range: list[float] | None = None
-    latent_dim: int | None = None
-    num_classes: int | None = None
-    operations: list[str] = Field(default_factory=list, description="Endpoints it answers.")
-    score_methods: list[str] = Field(default_factory=list)
-    parts: list[PartInfo] = Field(default_factory=list)
-    calibration: dict[str, Any] = Field(default_factory=dict)
-    metrics: dict[str, float] = Field(default_factory=dict)
-    manifest: dict[str, Any] | None = None
+    name: str = Field(description="Model name.", examples=["digits-vae"])
+    version: str | None = Field(default=None, description="Model version.", examples=["1"])
+    kind: str | None = Field(
+        default=None, description="ae, vae, cvae, gan or cgan.", examples=["vae"]
+    )
+    status: Literal["ready", "failed"] = Field(description="Serving or not.", examples=["ready"])
+    error: str | None = Field(default=None, description="Why it failed to load.", examples=[None])
+    provider: str | None = Field(
+        default=None, description="Execution provider in use: cuda or cpu.", examples=["cpu"]
+    )
+    input_shape: list[int] | None = Field(
+        default=None, description="Shape of one example.", examples=[[64]]
+    )
+    image_shape: list[int] | None = Field(
+        default=None, description="[C, H, W] for images.", examples=[[1, 8, 8]]
+    )
+    value_range: list[float] | None = Field(
+        default=None, description="Input/output range.", examples=[[0.0, 1.0]]
+    )
+    latent_dim: int | None = Field(default=None, description="Size of z.", examples=[8])
+    num_classes: int | None = Field(
+        default=None, description="Labels (conditional models).", examples=[None]
+    )
+    operations: list[str] = Field(
+        default_factory=list,
+        description="Endpoints it answers.",
+        examples=[["sample", "decode", "encode"]],
+    )
+    score_methods: list[str] = Field(
+        default_factory=list,
+        description="anomaly-score methods.",
+        examples=[["reconstruction", "elbo", "iwae"]],
+    )
+    parts: list[PartInfo] = Field(default_factory=list, description="Its ONNX graphs.")
+    calibration: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Anomaly-score calibration per method.",
+        examples=[{}],
+    )
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="Evaluation figures.", examples=[{"val_loss": 23.9}]
+    )
+    manifest: dict[str, Any] | None = Field(
+        default=None, description="The full manifest (GET /models/{name} only).", examples=[None]
+    )
 
 
 class ModelList(BaseModel):
-    default_model: str | None
-    models: list[ModelInfo]
+    default_model: str | None = Field(
+        description="Used when a request names no model.", examples=["digits-vae"]
+    )
+    models: list[ModelInfo] = Field(description="Loaded and failed models.")
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok"] = Field(
+        default="ok", description="Always ok while the process serves.", examples=["ok"]
+    )
 
 
 class Readiness(BaseModel):
-    ready: bool
-    models_loaded: list[str]
-    models_failed: dict[str, str]
+    ready: bool = Field(description="Every enabled model loaded.", examples=[True])
+    models_loaded: list[str] = Field(description="Models serving.", examples=[["digits-vae"]])
+    models_failed: dict[str, str] = Field(
+        description="Models that failed, with the reason.", examples=[{}]
+    )
 
 
 class ErrorDetail(BaseModel):
-    code: str = Field(examples=["invalid_input"])
-    message: str
-    field: str | None = Field(default=None, examples=["inputs"])
+    code: str = Field(description="Machine-readable error code.", examples=["invalid_input"])
+    message: str = Field(
+        description="What is wrong, for humans.",
+        examples=["expected examples of shape [64], got shape [1, 63]"],
+    )
+    field: str | None = Field(
+        default=None, description="The request field at fault.", examples=["inputs"]
+    )
 
 
 class ErrorBody(BaseModel):
-    error: ErrorDetail
+    error: ErrorDetail = Field(description="The error.")

@@ -367,6 +367,45 @@ class AsyncClient:
         body = self._r.body(model=model, inputs=_list(inputs), labels=_labels(labels))
         return self._r.array(await self._post("/reconstruct", body, NPY))
 
+    async def sample_png(
+        self,
+        n: int = 1,
+        *,
+        seed: int | None = None,
+        temperature: float = 1.0,
+        labels: ArrayLike | int | None = None,
+        model: str | None = None,
+    ) -> bytes:
+        """One PNG grid of `n` samples."""
+        body = self._r.body(
+            model=model, n=n, seed=seed, temperature=temperature, labels=_labels(labels)
+        )
+        response = await self._post("/sample", body, "image/png")
+        _raise_for_error(response)
+        return response.content
+
+    async def interpolate(
+        self,
+        start: ArrayLike,
+        end: ArrayLike,
+        *,
+        steps: int = 8,
+        mode: Literal["linear", "spherical"] = "linear",
+        latent: bool = False,
+        labels: ArrayLike | int | None = None,
+        model: str | None = None,
+    ) -> NDArray[np.float32]:
+        """Path from `start` to `end`: inputs by default, latents with `latent=True`."""
+        pair = [_list(start), _list(end)]
+        body = self._r.body(
+            model=model,
+            steps=steps,
+            mode=mode,
+            labels=_labels(labels),
+            **({"z": pair} if latent else {"inputs": pair}),
+        )
+        return self._r.array(await self._post("/interpolate", body, NPY))
+
     async def anomaly_score(
         self,
         inputs: ArrayLike,
