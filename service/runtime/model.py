@@ -320,30 +320,43 @@ class GenerativeModel:
                 "use method 'reconstruction'"
             )
         mean, log_var = await self.encode(x, labels)
-        b, d = mean.shape
-        rng = np.random.default_rng(seed)
-        eps = rng.standard_normal((b, k, d), dtype=np.float32)
-        std = np.exp(0.5 * log_var)[:, None, :]
-        z = (mean[:, None, :] + std * eps).reshape(b * k, d)
+        # The sampling and the bound are O(n * k * pixels) numpy work: off the event loop.
+        z, eps = await asyncio.to_thread(_draw_posterior, mean, log_var, k, seed)
         rep_labels = None if labels is None else np.repeat(labels, k)
-        p = np.clip(await self.decode(z, rep_labels), _EPS, 1 - _EPS).reshape(b, k, -1)
-        xf = x.reshape(b, 1, -1)
-        pixel_ll = xf * np.log(p) + (1 - xf) * np.log1p(-p)  # (B, K, P)
-        log_px_z = pixel_ll.sum(-1)  # (B, K)
-        if method == "elbo":
-            kl = 0.5 * (np.square(mean) + np.exp(log_var) - 1.0 - log_var).sum(1)
-            scores = -(log_px_z.mean(1) - kl)
-        else:
-            log_pz = -0.5 * (np.square(z) + _LOG_2PI).sum(1).reshape(b, k)
-            log_qz = -0.5 * (np.square(eps) + _LOG_2PI + log_var[:, None, :]).sum(-1)
-            log_w = log_px_z + log_pz - log_qz
-            m = log_w.max(1, keepdims=True)
-            log_mean_w = (m + np.log(np.exp(log_w - m).mean(1, keepdims=True)))[:, 0]
-            scores = -log_mean_w
-        pix = None
-        if per_pixel:
-            pix = (-pixel_ll.mean(1)).reshape(x.shape).astype(np.float32)
-        return AnomalyResult(scores.astype(np.float32), pix)
+        p = await self.decode(z, rep_labels)
+        return await asyncio.to_thread(
+            _bernoulli_bound, x, p, mean, log_var, z, eps, method == "iwae", per_pixel
+        )
+
+
+def _draw_posterior(mean: F32, log_var: F32, k: int, seed: int) -> tuple[F32, F32]:
+    """k draws z ~ q(z|x) per input, flattened to (B*K, D), and the unit noise behind them."""
+    b, d = mean.shape
+    eps = np.random.default_rng(seed).standard_normal((b, k, d), dtype=np.float32)
+    z = (mean[:, None, :] + np.exp(0.5 * log_var)[:, None, :] * eps).reshape(b * k, d)
+    return z.astype(np.float32), eps
+
+
+def _bernoulli_bound(
+    x: F32, p: F32, mean: F32, log_var: F32, z: F32, eps: F32, iwae: bool, per_pixel: bool
+) -> AnomalyResult:
+    """-ELBO (closed-form KL) or the IWAE bound -log mean_k p(x, z_k) / q(z_k | x), in nats."""
+    b, k, _ = eps.shape
+    p = np.clip(p, _EPS, 1 - _EPS).reshape(b, k, -1)
+    xf = x.reshape(b, 1, -1)
+    pixel_ll = xf * np.log(p) + (1 - xf) * np.log1p(-p)  # (B, K, P)
+    log_px_z = pixel_ll.sum(-1)  # (B, K)
+    if not iwae:
+        kl = 0.5 * (np.square(mean) + np.exp(log_var) - 1.0 - log_var).sum(1)
+        scores = -(log_px_z.mean(1) - kl)
+    else:
+        log_pz = -0.5 * (np.square(z) + _LOG_2PI).sum(1).reshape(b, k)
+        log_qz = -0.5 * (np.square(eps) + _LOG_2PI + log_var[:, None, :]).sum(-1)
+        log_w = log_px_z + log_pz - log_qz
+        m = log_w.max(1, keepdims=True)
+        scores = -(m + np.log(np.exp(log_w - m).mean(1, keepdims=True)))[:, 0]
+    pix = (-pixel_ll.mean(1)).reshape(x.shape).astype(np.float32) if per_pixel else None
+    return AnomalyResult(scores.astype(np.float32), pix)
 
 
 def slerp(z0: F32, z1: F32, t: F32) -> F32:
