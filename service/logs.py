@@ -11,6 +11,7 @@ import sys
 import time
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+model_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("model", default=None)
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -25,6 +26,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "request_id": request_id_var.get(),
         }
+        model = model_var.get()
+        if model is not None:
+            payload["model"] = model
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 payload[key] = value

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     cuda_mem_limit_mb: int | None = None
     """CUDA memory arena limit per session, in MiB."""
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "EXHAUSTIVE"
+    cuda_options: dict[str, str] = {}
+    """Further CUDA provider options as JSON, e.g. '{"enable_cuda_graph": "1"}'."""
     intra_op_threads: int = Field(default=0, ge=0)
     """Threads ONNX Runtime uses inside one operator (0 = one per core)."""
     inter_op_threads: int = Field(default=1, ge=0)

@@ -224,4 +224,5 @@ def test_request_id_reaches_the_json_log(model_copy) -> None:
     records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     access = [r for r in records if r.get("request_id") == "trace-42"]
     assert access and access[0]["logger"] == "latentserve.access" and access[0]["status"] == 200
+    assert access[0]["model"] == "digits-vae"
     assert any(r["message"].startswith("model digits-vae version") for r in records)

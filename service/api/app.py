@@ -43,6 +43,7 @@ def session_config(s: Settings) -> SessionConfig:
         cuda_device_id=s.cuda_device_id,
         cuda_mem_limit_bytes=s.cuda_mem_limit_mb * 2**20 if s.cuda_mem_limit_mb else None,
         cudnn_conv_algo_search=s.cudnn_conv_algo_search,
+        extra_cuda_options=dict(s.cuda_options),
         intra_op_threads=s.intra_op_threads,
         inter_op_threads=s.inter_op_threads,
         graph_optimization=s.graph_optimization,

@@ -31,6 +31,7 @@ from service.api.schemas import (
     SampleResponse,
 )
 from service.errors import InvalidInput, PayloadTooLarge
+from service.logs import model_var
 from service.runtime.model import GenerativeModel
 from service.runtime.repository import ModelRepository
 from service.settings import Settings
@@ -53,6 +54,7 @@ def _model(repo: ModelRepository, settings: Settings, name: str | None) -> Gener
     name = name or settings.default_model
     if not name:
         raise InvalidInput("no model named and the server has no default model", field="model")
+    model_var.set(name)  # every log record of this request names the model
     return repo.get(name)
 
 

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.codecs import dumps_json
 from service.api.metrics import Metrics
 from service.errors import PayloadTooLarge
-from service.logs import request_id_var
+from service.logs import model_var, request_id_var
 
 log = logging.getLogger("latentserve.access")
 
@@ -37,6 +37,7 @@ class RequestContextMiddleware:
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
+        model_token = model_var.set(None)
         started = time.perf_counter()
         status = 500
         path: str = scope["path"]
@@ -71,6 +72,7 @@ class RequestContextMiddleware:
                     extra={"status": status, "duration_ms": round(elapsed * 1000, 3)},
                 )
             request_id_var.reset(token)
+            model_var.reset(model_token)
 
     def _limited(self, receive: Receive, send: Send) -> Receive:
         """Counts bytes of chunked bodies too, which carry no Content-Length."""
