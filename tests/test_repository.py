@@ -124,3 +124,13 @@ async def test_require_gpu_refuses_to_start_without_cuda(app_with) -> None:
     with pytest.raises(ProviderUnavailable):
         async with app_with(providers=["cuda"], require_gpu=True):
             pass
+
+
+async def test_enabled_model_without_folder_is_reported(app_with, model_copy: Path) -> None:
+    async with app_with(
+        model_repository=model_copy, enabled_models=["digits-vae", "not-there"]
+    ) as c:
+        ready = await c.get("/readyz")
+        assert ready.status_code == 503
+        assert "no model.json" in ready.json()["models_failed"]["not-there"]
+        assert (await c.post("/sample", json={"n": 1})).status_code == 200

@@ -105,6 +105,11 @@ class ModelRepository:
     async def load_all(self) -> None:
         async with self._lock:
             folders = self.discover()
+            for name in sorted((self._enabled or frozenset()) - set(folders)):
+                self._failures[name] = LoadFailure(
+                    name, self.root / name, f"enabled, but {self.root / name} has no model.json"
+                )
+                log.error("model %s is enabled but has no folder in %s", name, self.root)
             for name, folder in folders.items():
                 try:
                     await self._load_one(name, folder)
