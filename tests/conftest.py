@@ -144,7 +144,9 @@ class LiveServer:
                 self.proc.wait()
         self.proc = None
         self.log.close()
-        return self.output()
+        out = self.output()
+        Path(self.log.name).unlink(missing_ok=True)
+        return out
 
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
