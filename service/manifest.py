@@ -78,6 +78,12 @@ class OnnxPart(_Strict):
     )
     fp16_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
+    @model_validator(mode="after")
+    def _fp16_pair(self) -> OnnxPart:
+        if (self.fp16_path is None) != (self.fp16_sha256 is None):
+            raise ValueError("fp16_path and fp16_sha256 go together")
+        return self
+
     @field_validator("path", "fp16_path")
     @classmethod
     def _relative_inside_folder(cls, value: str | None) -> str | None:

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     """Threads ONNX Runtime uses inside one operator (0 = one per core)."""
     inter_op_threads: int = Field(default=1, ge=0)
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    prefer_fp16: bool = False
+    """Serve each part's fp16 copy where the manifest lists one (inputs/outputs stay float32)."""
     inference_threads: int = Field(default=4, ge=1)
     """Threads that run sessions, so inference never blocks the event loop."""
 

@@ -50,6 +50,15 @@ def score(
     return asyncio.run(run())
 
 
+def methods_for(manifest: Manifest) -> tuple[ScoreMethod, ...]:
+    """The scores a model serves: discriminator for GANs, reconstruction (+ elbo for VAEs)."""
+    if manifest.kind.value in ("gan", "cgan"):
+        return ("discriminator",) if "discriminator" in manifest.parts else ()
+    if manifest.kind.value == "ae":
+        return ("reconstruction",)
+    return ("reconstruction", "elbo")
+
+
 def calibrate(
     folder: Path,
     heldout: Split,

@@ -100,8 +100,10 @@ def reproduce_commands(ckpt: Checkpoint, out: Path) -> list[str]:
     m, t = ckpt.model_config, ckpt.train_config
     run = f"runs/{out.name}"
     train = (
-        f"python -m training train --model {m.kind} --dataset {t.dataset}"
+        f"python -m training train --model {m.kind} --arch {m.arch} --dataset {t.dataset}"
         + (f" --data-dir {t.data_dir}" if t.data_dir else "")
+        + (" --binarize" if t.binarize else "")
+        + (f" --normal-class {t.normal_class}" if t.normal_class is not None else "")
         + f" --epochs {t.epochs} --batch-size {t.batch_size} --lr {t.lr:g}"
         f" --latent-dim {m.latent_dim} --hidden {','.join(map(str, m.hidden))}"
         f" --beta {m.beta:g} --seed {t.seed} --out {run}"

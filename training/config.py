@@ -41,6 +41,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     normal_class: int | None = None  # one-class training for anomaly detection
+    binarize: bool = False  # dynamic binarization: fresh x ~ Bernoulli(pixel) every batch
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

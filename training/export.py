@@ -57,6 +57,41 @@ class _DecoderGraph(nn.Module):
         return torch.sigmoid(self.model.decoder(z, self.model.onehot(label)))
 
 
+class _GeneratorGraph(nn.Module):
+    """z (B, L) [, label] -> x (B, *shape) in [0, 1]."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: Tensor, label: Tensor | None = None) -> Tensor:
+        return torch.sigmoid(self.model.generator(z, self.model.onehot(label)))
+
+
+class _DiscriminatorGraph(nn.Module):
+    """x (B, *shape) [, label] -> logit (B, 1) that x is real."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, label: Tensor | None = None) -> Tensor:
+        logit: Tensor = self.model.discriminator(x, self.model.onehot(label))
+        return logit
+
+
+def write_fp16_copy(path: Path) -> Path:
+    """Half-precision weights and activations, fp32 at the graph's inputs and outputs, so the
+    service can swap it in without changing what clients send or receive."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+    out = path.with_suffix(".fp16.onnx")
+    onnx.save(model, str(out))
+    return out
+
+
 def _spec(name: str, shape: tuple[int, ...], dtype: str = "float32") -> TensorSpec:
     return TensorSpec.model_validate({"name": name, "shape": [None, *shape], "dtype": dtype})
 
@@ -110,8 +145,10 @@ def export_checkpoint(
     name: str,
     version: str = "1",
     description: str = "",
+    half: bool = False,
 ) -> Manifest:
-    """Write encoder.onnx / decoder.onnx and model.json (without calibration) into `out_dir`."""
+    """Write the model's ONNX parts and model.json (without calibration) into `out_dir`; with
+    `half`, also fp16 copies of each part (fp32 inputs and outputs kept)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = ckpt.model_config
     model = ckpt.model.eval()
@@ -119,31 +156,38 @@ def export_checkpoint(
     conditional = cfg.num_classes is not None
     label = {"label": torch.arange(4) % (cfg.num_classes or 1)} if conditional else {}
 
-    parts: dict[PartRole, OnnxPart] = {}
     x_example = torch.rand(4, *shape)
     z_example = torch.randn(4, cfg.latent_dim)
     label_specs = [_spec("label", (), "int64")] if conditional else []
-    for role, graph, inputs, in_specs, out_specs in (
-        (
-            PartRole.ENCODER,
-            _EncoderGraph(model),
-            {"x": x_example, **label},
-            [_spec("x", shape), *label_specs],
-            [_spec("mean", (cfg.latent_dim,)), _spec("log_var", (cfg.latent_dim,))],
-        ),
-        (
-            PartRole.DECODER,
-            _DecoderGraph(model),
-            {"z": z_example, **label},
-            [_spec("z", (cfg.latent_dim,)), *label_specs],
-            [_spec("x", shape)],
-        ),
-    ):
+    x_in = ({"x": x_example, **label}, [_spec("x", shape), *label_specs])
+    z_in = ({"z": z_example, **label}, [_spec("z", (cfg.latent_dim,)), *label_specs])
+    graphs: list[tuple[PartRole, nn.Module, dict[str, Tensor], list[TensorSpec], list[TensorSpec]]]
+    if cfg.kind in ("gan", "cgan"):
+        graphs = [
+            (PartRole.GENERATOR, _GeneratorGraph(model), *z_in, [_spec("x", shape)]),
+            (PartRole.DISCRIMINATOR, _DiscriminatorGraph(model), *x_in, [_spec("logit", (1,))]),
+        ]
+    else:
+        graphs = [
+            (
+                PartRole.ENCODER,
+                _EncoderGraph(model),
+                *x_in,
+                [_spec("mean", (cfg.latent_dim,)), _spec("log_var", (cfg.latent_dim,))],
+            ),
+            (PartRole.DECODER, _DecoderGraph(model), *z_in, [_spec("x", shape)]),
+        ]
+    parts: dict[PartRole, OnnxPart] = {}
+    for role, graph, inputs, in_specs, out_specs in graphs:
         path = out_dir / f"{role.value}.onnx"
         err = export_graph(graph, inputs, [s.name for s in out_specs], path)
         log.info("exported %s: max |onnxruntime - torch| = %.2e", path, err)
+        fp16: dict[str, str] = {}
+        if half:
+            fp16_path = write_fp16_copy(path)
+            fp16 = {"fp16_path": fp16_path.name, "fp16_sha256": sha256_file(fp16_path)}
         parts[role] = OnnxPart(
-            path=path.name, sha256=sha256_file(path), inputs=in_specs, outputs=out_specs
+            path=path.name, sha256=sha256_file(path), inputs=in_specs, outputs=out_specs, **fp16
         )
 
     kind = ModelKind(cfg.kind)

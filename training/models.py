@@ -4,6 +4,7 @@ lie in the manifest's value range [0, 1]."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +53,58 @@ class MLPDecoder(nn.Module):
         return logits.view(-1, *self.input_shape)
 
 
+class ConvEncoder(nn.Module):
+    """(B, 1, 28, 28) [+ one-hot label] -> (B, latent) mean and log-variance."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        c, h, w = cfg.input_shape
+        ch = cfg.hidden[0] if cfg.hidden else 32
+        self.conv = nn.Sequential(
+            nn.Conv2d(c, ch, 4, 2, 1),
+            nn.ReLU(),  # (B, ch, H/2, W/2)
+            nn.Conv2d(ch, 2 * ch, 4, 2, 1),
+            nn.ReLU(),  # (B, 2ch, H/4, W/4)
+        )
+        flat = 2 * ch * (h // 4) * (w // 4)
+        self.fc = nn.Sequential(nn.Linear(flat + (cfg.num_classes or 0), 256), nn.ReLU())
+        self.head = nn.Linear(256, 2 * cfg.latent_dim)
+
+    def forward(self, x: Tensor, onehot: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        h = self.conv(x).flatten(1)
+        if onehot is not None:
+            h = torch.cat([h, onehot], dim=1)
+        mean, log_var = self.head(self.fc(h)).chunk(2, dim=1)
+        return mean, log_var
+
+
+class ConvDecoder(nn.Module):
+    """(B, latent) [+ one-hot label] -> (B, 1, 28, 28) logits; mirrors ConvEncoder."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        c, h, w = cfg.input_shape
+        ch = cfg.hidden[0] if cfg.hidden else 32
+        self.grid = (2 * ch, h // 4, w // 4)
+        self.fc = nn.Sequential(
+            nn.Linear(cfg.latent_dim + (cfg.num_classes or 0), 256),
+            nn.ReLU(),
+            nn.Linear(256, math.prod(self.grid)),
+            nn.ReLU(),
+        )
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(2 * ch, ch, 4, 2, 1),
+            nn.ReLU(),  # (B, ch, H/2, W/2)
+            nn.ConvTranspose2d(ch, c, 4, 2, 1),  # (B, c, H, W)
+        )
+
+    def forward(self, z: Tensor, onehot: Tensor | None = None) -> Tensor:
+        if onehot is not None:
+            z = torch.cat([z, onehot], dim=1)
+        logits: Tensor = self.deconv(self.fc(z).view(-1, *self.grid))
+        return logits
+
+
 class VAE(nn.Module):
     """Encoder q(z|x) = N(mean, exp(log_var)), decoder p(x|z) Bernoulli(sigmoid(logits)).
 
@@ -61,8 +114,9 @@ class VAE(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = MLPEncoder(cfg)
-        self.decoder = MLPDecoder(cfg)
+        conv = cfg.arch == "conv"
+        self.encoder: nn.Module = ConvEncoder(cfg) if conv else MLPEncoder(cfg)
+        self.decoder: nn.Module = ConvDecoder(cfg) if conv else MLPDecoder(cfg)
         self.deterministic = cfg.kind == "ae"
 
     def onehot(self, y: Tensor | None) -> Tensor | None:
@@ -89,7 +143,12 @@ class VAE(nn.Module):
         return torch.sigmoid(self.decoder(z, self.onehot(y)))
 
 
-def build_model(cfg: ModelConfig) -> VAE:
-    if cfg.kind in ("ae", "vae", "cvae") and cfg.arch == "mlp":
+def build_model(cfg: ModelConfig) -> Any:
+    """The model family member a config describes (VAE family or GAN)."""
+    if cfg.kind in ("ae", "vae", "cvae") and cfg.arch in ("mlp", "conv"):
         return VAE(cfg)
+    if cfg.kind in ("gan", "cgan"):
+        from training.gan import GAN
+
+        return GAN(cfg)
     raise ValueError(f"unsupported model {cfg.kind}/{cfg.arch}")

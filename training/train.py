@@ -26,7 +26,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 class Checkpoint:
     model_config: ModelConfig
     train_config: TrainConfig
-    model: VAE
+    model: Any  # VAE or GAN
     optimizer_state: dict[str, Any] | None
     epoch: int
     metrics: dict[str, float]
@@ -89,6 +89,13 @@ def _step(model: VAE, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, d
     return loss, {"loss": loss.item(), "rec": rec.item(), "kl": kl.item()}
 
 
+def binarized(split: Split, seed: int) -> Split:
+    """One fixed Bernoulli(pixel) draw of a split: evaluation data for binarized models."""
+    rng = np.random.default_rng(seed)
+    x = (rng.random(split.x.shape, dtype=np.float32) < split.x).astype(np.float32)
+    return Split(x, split.y)
+
+
 @torch.no_grad()
 def evaluate_loss(model: VAE, split: Split, batch_size: int = 512) -> dict[str, float]:
     """Mean loss terms over a split (nats per example), with a fixed seed for the noise."""
@@ -138,11 +145,14 @@ def train(
     for epoch in bar:
         model.train()
         for x, y in _loader(train_split, train_cfg.batch_size, True, train_cfg.seed + epoch):
+            if train_cfg.binarize:
+                x = torch.bernoulli(x)
             loss, parts = _step(model, x.to(device), y.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
-        metrics = {f"val_{k}": v for k, v in evaluate_loss(model, splits.val).items()}
+        val = binarized(splits.val, seed=0) if train_cfg.binarize else splits.val
+        metrics = {f"val_{k}": v for k, v in evaluate_loss(model, val).items()}
         metrics["train_loss"] = parts["loss"]
         bar.set_postfix(val_loss=f"{metrics['val_loss']:.2f}")
         save_checkpoint(ckpt_path, model, optimizer, train_cfg, epoch + 1, metrics)

@@ -41,6 +41,7 @@ def describe(model: GenerativeModel, full: bool = False) -> ModelInfo:
         kind=m.kind.value,
         status="ready",
         provider=model.provider,
+        precision=next(iter(model.parts.values())).precision,
         input_shape=list(m.input.shape),
         image_shape=list(m.input.image_shape) if m.input.image_shape else None,
         value_range=list(m.input.value_range),

@@ -47,6 +47,7 @@ def session_config(s: Settings) -> SessionConfig:
         intra_op_threads=s.intra_op_threads,
         inter_op_threads=s.inter_op_threads,
         graph_optimization=s.graph_optimization,
+        prefer_fp16=s.prefer_fp16,
     )
 
 

@@ -251,6 +251,11 @@ class ModelInfo(BaseModel):
     provider: str | None = Field(
         default=None, description="Execution provider in use: cuda or cpu.", examples=["cpu"]
     )
+    precision: str | None = Field(
+        default=None,
+        description="fp32, or fp16 when the fp16 copies are served.",
+        examples=["fp32"],
+    )
     input_shape: list[int] | None = Field(
         default=None, description="Shape of one example.", examples=[[64]]
     )

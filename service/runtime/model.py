@@ -58,14 +58,20 @@ class Part:
         executor: Executor,
         observer: BatchObserver | None,
     ) -> None:
-        path = folder / spec.path
+        use_fp16 = session_cfg.prefer_fp16 and spec.fp16_path is not None
+        file, expected = (
+            (spec.fp16_path, spec.fp16_sha256) if use_fp16 else (spec.path, spec.sha256)
+        )
+        assert file is not None
+        path = folder / file
         if not path.is_file():
-            raise ModelLoadError(f"{role.value}: file {spec.path} is missing")
+            raise ModelLoadError(f"{role.value}: file {file} is missing")
         digest = sha256_file(path)
-        if digest != spec.sha256:
+        if digest != expected:
             raise ChecksumMismatch(
-                f"{role.value}: sha256 of {spec.path} is {digest}, manifest says {spec.sha256}"
+                f"{role.value}: sha256 of {file} is {digest}, manifest says {expected}"
             )
+        self.precision = "fp16" if use_fp16 else "fp32"
         try:
             self.session = create_session(path, session_cfg)
         except ProviderUnavailable:

@@ -42,6 +42,7 @@ class SessionConfig:
     intra_op_threads: int = 0  # 0 = ONNX Runtime's default (one per core)
     inter_op_threads: int = 1
     graph_optimization: str = "all"
+    prefer_fp16: bool = False  # load a part's fp16 copy when its manifest lists one
     extra_cuda_options: dict[str, str] = field(default_factory=dict)
 
 

@@ -1,0 +1,128 @@
+"""Conv VAE, DCGAN and fp16 copies: trained for a moment on 8x8 digits, exported, served."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.manifest import Manifest, PartRole
+from training.calibrate import calibrate, load_exported, methods_for
+from training.config import ModelConfig, TrainConfig
+from training.data import load_digits
+from training.export import export_checkpoint
+from training.gan import discriminator_loss, generator_loss, train_gan
+from training.train import load_checkpoint, train
+
+pytestmark = pytest.mark.slow
+
+
+def test_generator_loss_is_non_saturating() -> None:
+    # When D confidently rejects fakes (logit -> -inf), log(1 - D) saturates but -log D does not.
+    fake = torch.tensor([[-8.0]], requires_grad=True)
+    generator_loss(fake).backward()  # type: ignore[no-untyped-call]
+    assert fake.grad is not None and fake.grad.abs().item() > 0.99
+    assert discriminator_loss(torch.tensor([[10.0]]), torch.tensor([[-10.0]])).item() < 1e-3
+
+
+@pytest.fixture(scope="module")
+def image_digits():
+    return load_digits(seed=0, flat=False)
+
+
+@pytest.fixture(scope="module")
+def conv_vae(image_digits, tmp_path_factory: pytest.TempPathFactory):
+    """A conv VAE trained briefly on binarized digits, exported with fp16 copies."""
+    tmp = tmp_path_factory.mktemp("conv")
+    cfg = ModelConfig(
+        kind="vae",
+        arch="conv",
+        input_shape=(1, 8, 8),
+        image_shape=(1, 8, 8),
+        latent_dim=4,
+        hidden=(8,),
+    )
+    ckpt = load_checkpoint(
+        train(
+            cfg,
+            TrainConfig(epochs=3, seed=0, binarize=True),
+            tmp / "run",
+            splits=image_digits,
+            progress=False,
+        )
+    )
+    manifest = export_checkpoint(ckpt, tmp / "conv-vae", "conv-vae", half=True)
+    return ckpt, tmp / "conv-vae", manifest
+
+
+def test_conv_vae_exports_and_matches_torch(image_digits, conv_vae) -> None:
+    ckpt, folder, _ = conv_vae
+    assert ckpt.train_config.binarize and ckpt.metrics["val_loss"] < 60
+    model = load_exported(folder)
+    z = torch.randn(16, 4)
+    out = asyncio.run(model.decode(z.numpy()))
+    with torch.no_grad():
+        ref = torch.sigmoid(ckpt.model.decoder(z)).numpy()
+    np.testing.assert_allclose(out, ref, atol=1e-4)
+    assert asyncio.run(model.reconstruct(image_digits.test.x[:16])).shape == (16, 1, 8, 8)
+
+
+def test_fp16_copy_is_served_within_bound(conv_vae) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.runtime.batching import BatchingConfig
+    from service.runtime.model import GenerativeModel
+    from service.runtime.sessions import SessionConfig
+
+    _, folder, manifest = conv_vae
+    assert manifest.parts[PartRole.DECODER].fp16_path == "decoder.fp16.onnx"
+
+    def load(fp16: bool) -> GenerativeModel:
+        return GenerativeModel.load(
+            folder,
+            SessionConfig(providers=("cpu",), prefer_fp16=fp16),
+            BatchingConfig(enabled=False),
+            ThreadPoolExecutor(1),
+        )
+
+    half, full = load(True), load(False)
+    assert half.parts[PartRole.DECODER].precision == "fp16"
+    z = np.random.default_rng(0).standard_normal((32, 4)).astype(np.float32)
+    a, b = asyncio.run(half.decode(z)), asyncio.run(full.decode(z))
+    assert a.dtype == np.float32
+    assert np.abs(a - b).max() < 5e-3  # outputs in [0, 1]; fp16 keeps ~3 decimal digits
+
+
+def test_dcgan_trains_exports_and_scores(image_digits, tmp_path: Path) -> None:
+    cfg = ModelConfig(
+        kind="gan",
+        arch="conv",
+        input_shape=(1, 8, 8),
+        image_shape=(1, 8, 8),
+        latent_dim=8,
+        hidden=(8,),
+    )
+    ckpt_path = train_gan(
+        cfg,
+        TrainConfig(epochs=2, lr=2e-4, batch_size=64),
+        tmp_path / "run",
+        splits=image_digits,
+        progress=False,
+    )
+    ckpt = load_checkpoint(ckpt_path)
+    assert set(ckpt.metrics) == {"d_loss", "g_loss"}
+    folder = tmp_path / "dcgan"
+    manifest = export_checkpoint(ckpt, folder, "dcgan")
+    assert set(manifest.parts) == {PartRole.GENERATOR, PartRole.DISCRIMINATOR}
+    assert methods_for(manifest) == ("discriminator",)
+    manifest = calibrate(folder, image_digits.val, "digits val", methods=methods_for(manifest))
+    assert Manifest.load(folder).calibration["discriminator"].n == len(image_digits.val)
+    model = load_exported(folder)
+    x = image_digits.test.x[:10]
+    scores = asyncio.run(model.anomaly_scores(x, "discriminator")).scores
+    with torch.no_grad():
+        logit = ckpt.model.discriminator(torch.from_numpy(x)).numpy()[:, 0]
+    np.testing.assert_allclose(scores, np.logaddexp(0, -logit), rtol=1e-4, atol=1e-5)
