@@ -113,6 +113,128 @@ def export(
     typer.echo(f"exported {manifest.name} to {out}")
 
 
+@app.command()
+def calibrate(
+    model_dir: Path,
+    dataset: Dataset = "digits",
+    data_dir: DataDir = None,
+    percentile: float = 99.0,
+    seed: int = 0,
+) -> None:
+    """Recompute the anomaly thresholds of MODEL_DIR on a validation split."""
+    from service.manifest import Manifest
+    from training.calibrate import calibrate as run_calibration
+    from training.calibrate import methods_for
+    from training.data import load_dataset
+
+    manifest = Manifest.load(model_dir)
+    splits = load_dataset(dataset, data_dir, seed=seed, flat=len(manifest.input.shape) == 1)
+    manifest = run_calibration(
+        model_dir,
+        splits.val,
+        f"{dataset} validation split",
+        methods=methods_for(manifest),
+        percentile=percentile,
+    )
+    for c in manifest.calibration.values():
+        typer.echo(f"{c.method}: threshold {c.threshold:.5g} at p{c.percentile:g} (n={c.n})")
+
+
+@app.command()
+def evaluate(
+    model_dir: Path,
+    dataset: Dataset = "mnist",
+    data_dir: DataDir = None,
+    k: Annotated[int, typer.Option(help="Importance samples for the IWAE bound")] = 1000,
+    n: Annotated[int | None, typer.Option(help="Evaluate the first n test images")] = None,
+    classifier: Annotated[Path, typer.Option(help="Cached evaluation classifier")] = Path(
+        "runs/classifier/mnist-cnn.pt"
+    ),
+    samples: int = 10000,
+) -> None:
+    """Likelihood (VAEs) and sample quality (every model that samples) of an exported model."""
+    import json
+
+    from service.manifest import Manifest
+    from training.calibrate import load_exported
+    from training.classifier import load_or_train
+    from training.data import load_dataset
+    from training.evaluate import likelihood_metrics, sample_quality
+
+    manifest = Manifest.load(model_dir)
+    splits = load_dataset(dataset, data_dir, flat=len(manifest.input.shape) == 1)
+    report: dict[str, float] = {}
+    if manifest.kind.value in ("vae", "cvae") and not manifest.conditional:
+        report.update(likelihood_metrics(load_exported(model_dir), splits.test, k=k, n=n))
+    if manifest.input.image_shape is not None and dataset != "digits":
+        clf = load_or_train(classifier, splits.train)
+        report.update(sample_quality(model_dir, clf, splits.val, splits.test, n=samples))
+    typer.echo(json.dumps(report, indent=2))
+
+
+@app.command()
+def debias(
+    dataset: Dataset = "mnist",
+    data_dir: DataDir = None,
+    out: Annotated[Path, typer.Option(help="Per-example weights (.npy or .csv)")] = Path(
+        "runs/debias/weights.npy"
+    ),
+    epochs: int = 3,
+    latent_dim: int = 16,
+    bins: int = 10,
+    alpha: float = 0.01,
+    combine: Annotated[str, typer.Option(help="product | max")] = "product",
+    seed: int = 0,
+) -> None:
+    """Train a classifier with DB-VAE resampling and write the final per-example weights."""
+    from training.data import load_dataset
+    from training.debias import save_weights, train_debiased
+
+    splits = load_dataset(dataset, data_dir, seed=seed, flat=False)
+    if combine not in ("product", "max"):
+        raise typer.BadParameter("combine must be product or max")
+    result = train_debiased(
+        splits.train,
+        epochs,
+        latent_dim,
+        bins,
+        alpha,
+        "product" if combine == "product" else "max",
+        seed=seed,
+    )
+    typer.echo(
+        f"weights for {len(result.weights)} training examples: {save_weights(out, result.weights)}"
+    )
+
+
+@app.command()
+def experiment(
+    name: Annotated[str, typer.Argument(help="one-class | debias")],
+    dataset: Dataset = "mnist",
+    data_dir: DataDir = None,
+    epochs: int = 20,
+    rare_fraction: float = 0.015,
+    seed: int = 0,
+) -> None:
+    """Run an experiment of docs/evaluation.md and print its table (JSON)."""
+    import json
+
+    from training.data import load_dataset
+    from training.experiments import debias_experiment, one_class_table
+
+    splits = load_dataset(dataset, data_dir, seed=seed, flat=False)
+    if name == "one-class":
+        rows = one_class_table(splits, epochs=epochs, seed=seed)
+        typer.echo(json.dumps(rows, indent=2))
+        for method in ("reconstruction", "elbo"):
+            mean = sum(r[method] for r in rows.values()) / len(rows)
+            typer.echo(f"mean AUROC ({method}): {mean:.4f}")
+    elif name == "debias":
+        typer.echo(json.dumps(debias_experiment(splits, rare_fraction, epochs, seed), indent=2))
+    else:
+        raise typer.BadParameter("name must be one-class or debias")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
