@@ -9,11 +9,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm.auto import tqdm
 
+from training import distributed
 from training.config import ModelConfig, TrainConfig, to_dict
 from training.data import Split, Splits, load_dataset
+from training.distributed import DistContext
 from training.losses import ae_loss, seed_everything, vae_loss
 from training.models import VAE, build_model
 
@@ -73,15 +75,25 @@ def load_checkpoint(path: Path) -> Checkpoint:
     )
 
 
-def _loader(split: Split, batch_size: int, shuffle: bool, seed: int) -> DataLoader[Any]:
+def _loader(
+    split: Split, batch_size: int, shuffle: bool, seed: int, ctx: DistContext | None = None
+) -> DataLoader[Any]:
     ds = TensorDataset(torch.from_numpy(split.x), torch.from_numpy(split.y))
+    if ctx is not None and ctx.enabled:  # each process sees its own shard of the epoch
+        sampler: DistributedSampler[Any] = DistributedSampler(
+            ds, ctx.world_size, ctx.rank, shuffle=shuffle, seed=seed
+        )
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler)
     g = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g)
 
 
-def _step(model: VAE, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def _step(
+    model: VAE, x: torch.Tensor, y: torch.Tensor, forward: torch.nn.Module | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one batch; `forward` is the DDP wrapper when training distributed."""
     labels = y if model.cfg.num_classes else None
-    logits, mean, log_var = model(x, labels)
+    logits, mean, log_var = (forward or model)(x, labels)
     if model.deterministic:
         loss = ae_loss(logits, x)
         return loss, {"loss": loss.item(), "rec": loss.item(), "kl": 0.0}
@@ -127,8 +139,7 @@ def train(
     if train_cfg.normal_class is not None:
         train_split = train_split.only(train_cfg.normal_class)
     ckpt_path = out_dir / CHECKPOINT_NAME
-    device = torch.device(train_cfg.device)
-
+    ctx, device = distributed.setup(train_cfg.device)
     model = build_model(model_cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
     start_epoch = 0
@@ -140,22 +151,33 @@ def train(
         start_epoch = ckpt.epoch
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
 
+    forward: torch.nn.Module = model
+    if ctx.enabled:
+        device_ids = [device.index] if device.type == "cuda" else None
+        forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
     metrics: dict[str, float] = {}
-    bar = tqdm(range(start_epoch, train_cfg.epochs), disable=not progress, desc="epochs")
+    bar = tqdm(
+        range(start_epoch, train_cfg.epochs), disable=not (progress and ctx.is_main), desc="epochs"
+    )
     for epoch in bar:
         model.train()
-        for x, y in _loader(train_split, train_cfg.batch_size, True, train_cfg.seed + epoch):
+        loader = _loader(train_split, train_cfg.batch_size, True, train_cfg.seed + epoch, ctx)
+        for x, y in loader:
             if train_cfg.binarize:
                 x = torch.bernoulli(x)
-            loss, parts = _step(model, x.to(device), y.to(device))
+            loss, parts = _step(model, x.to(device), y.to(device), forward)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
-        val = binarized(splits.val, seed=0) if train_cfg.binarize else splits.val
-        metrics = {f"val_{k}": v for k, v in evaluate_loss(model, val).items()}
-        metrics["train_loss"] = parts["loss"]
-        bar.set_postfix(val_loss=f"{metrics['val_loss']:.2f}")
-        save_checkpoint(ckpt_path, model, optimizer, train_cfg, epoch + 1, metrics)
+        if ctx.is_main:
+            val = binarized(splits.val, seed=0) if train_cfg.binarize else splits.val
+            metrics = {f"val_{k}": v for k, v in evaluate_loss(model, val).items()}
+            metrics["train_loss"] = parts["loss"]
+            bar.set_postfix(val_loss=f"{metrics['val_loss']:.2f}")
+            save_checkpoint(ckpt_path, model, optimizer, train_cfg, epoch + 1, metrics)
+        distributed.barrier(ctx)
+    distributed.teardown(ctx)
     if not np.isfinite(metrics.get("val_loss", 0.0)):
         raise RuntimeError("training diverged: validation loss is not finite")
     return ckpt_path
