@@ -214,6 +214,8 @@ def experiment(
     data_dir: DataDir = None,
     epochs: int = 20,
     rare_fraction: float = 0.015,
+    arch: Annotated[str, typer.Option(help="mlp | conv (one-class models)")] = "mlp",
+    latent_dim: int = 16,
     seed: int = 0,
 ) -> None:
     """Run an experiment of docs/evaluation.md and print its table (JSON)."""
@@ -224,7 +226,7 @@ def experiment(
 
     splits = load_dataset(dataset, data_dir, seed=seed, flat=False)
     if name == "one-class":
-        rows = one_class_table(splits, epochs=epochs, seed=seed)
+        rows = one_class_table(splits, epochs=epochs, latent_dim=latent_dim, seed=seed, arch=arch)
         typer.echo(json.dumps(rows, indent=2))
         for method in ("reconstruction", "elbo"):
             mean = sum(r[method] for r in rows.values()) / len(rows)
