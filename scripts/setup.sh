@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install latentserve with the given extras (default: server).
 #   scripts/setup.sh server            # serve only
-#   scripts/setup.sh all               # server + training + client + dev (tests)
+#   scripts/setup.sh all               # server + training + client + bench + dev (tests)
 # Torch is installed first and pinned, so pip does not pull a multi-GB CUDA build on a CPU
 # machine; set TORCH_INDEX_URL (e.g. the PyTorch CPU wheel index) where plain PyPI would.
 set -euo pipefail
@@ -19,7 +19,7 @@ if [ "$extras" = "all" ]; then
   else
     python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
   fi
-  extras="server,training,client,dev"
+  extras="server,training,client,bench,dev"
 fi
 python -m pip install -q -e ".[${extras}]"
 echo "installed latentserve[${extras}] into .venv"

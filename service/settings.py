@@ -37,8 +37,13 @@ class Settings(BaseSettings):
     cuda_options: dict[str, str] = {}
     """Further CUDA provider options as JSON, e.g. '{"enable_cuda_graph": "1"}'."""
     intra_op_threads: int = Field(default=0, ge=0)
-    """Threads ONNX Runtime uses inside one operator (0 = one per core)."""
+    """Threads ONNX Runtime uses inside one operator; 0 = the cores divided by
+    `max_concurrent_batches` (at least 1)."""
     inter_op_threads: int = Field(default=1, ge=0)
+    intra_op_spinning: bool = False
+    """Let ONNX Runtime's idle threads spin for the next run. Off by default: spinning threads
+    take the cores the HTTP event loop needs (docs/benchmarks.md); on cores reserved for
+    inference, on, it shaves microseconds per run."""
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     prefer_fp16: bool = False
     """Serve each part's fp16 copy where the manifest lists one (inputs/outputs stay float32)."""
@@ -49,8 +54,12 @@ class Settings(BaseSettings):
     batching: bool = True
     """Merge concurrent requests into one session run."""
     max_batch_size: int = Field(default=256, ge=1)
-    max_delay_ms: float = Field(default=1.0, ge=0)
-    """How long the first request of a batch may wait for others."""
+    max_delay_ms: float = Field(default=0.0, ge=0)
+    """How long the first request of a batch may wait for others. 0: none; batches still grow
+    under load because requests queue while the previous batch runs (docs/benchmarks.md)."""
+    max_concurrent_batches: int = Field(default=2, ge=1)
+    """Batches of one session that may run at once (Triton's instance count): 2 lets a second
+    core compute while the first batch's results are serialised."""
     max_queue_rows: int = Field(default=16384, ge=1)
     """Rows waiting per session beyond which requests get 503 + Retry-After."""
 

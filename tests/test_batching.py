@@ -123,3 +123,37 @@ async def test_close_drains_then_later_calls_still_run(executor) -> None:
     assert all(t.done() and not t.exception() for t in pending)
     out = await b.run({"x": np.ones((1, 2), np.float32)})  # a caller holding the old model
     assert out[0].tolist() == [[2.0, 2.0]]
+
+
+class Overlap:
+    """Runs that sleep, counting how many are in flight at once."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.peak = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, feeds: Feeds) -> Outputs:
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        time.sleep(0.03)
+        with self.lock:
+            self.active -= 1
+        return [feeds["x"]]
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+async def test_at_most_max_concurrent_batches_run_at_once(slots: int) -> None:
+    run = Overlap()
+    obs = Observer()
+    with ThreadPoolExecutor(4) as ex:
+        cfg = BatchingConfig(max_batch_size=2, max_concurrent_batches=slots)
+        b = Batcher("m/p", run, ex, cfg, obs)
+        xs = [np.full((1, 3), i, dtype=np.float32) for i in range(12)]
+        outs = await asyncio.gather(*(b.run({"x": x}) for x in xs))
+        await b.close()
+    for x, (y,) in zip(xs, outs, strict=True):
+        np.testing.assert_array_equal(y, x)
+    assert run.peak == slots
+    assert sum(rows for _, rows in obs.calls) == 12 and max(rows for _, rows in obs.calls) == 2

@@ -27,7 +27,9 @@ def test_sdk_values_against_a_real_server(
     noise = np.random.default_rng(1).uniform(size=(300, 64)).astype(np.float32)
     with Client(live_server.url) as c:
         assert c.ready()
-        assert [m["name"] for m in c.models()] == ["digits-vae"]
+        bundled = sorted(p.parent.name for p in MODELS.glob("*/model.json"))
+        assert [m["name"] for m in c.models()] == bundled
+        assert {m["status"] for m in c.models()} == {"ready"}
         a, b = c.sample(8, seed=11), c.sample(8, seed=11)
         assert a.shape == (8, 64) and a.dtype == np.float32
         np.testing.assert_array_equal(a, b)
@@ -226,3 +228,27 @@ def test_request_id_reaches_the_json_log(model_copy) -> None:
     assert access and access[0]["logger"] == "latentserve.access" and access[0]["status"] == 200
     assert access[0]["model"] == "digits-vae"
     assert any(r["message"].startswith("model digits-vae version") for r in records)
+
+
+def test_bundled_mnist_models_serve_through_the_sdk(live_server: LiveServer) -> None:
+    """The MNIST models answer with the right shapes and ranges, and tell noise from their own
+    samples by the thresholds calibrated on MNIST (no MNIST files needed here)."""
+    noise = np.random.default_rng(2).uniform(size=(32, 1, 28, 28)).astype(np.float32)
+    with Client(live_server.url) as c:
+        x = c.sample(64, seed=3, model="mnist-conv-vae")
+        assert x.shape == (64, 1, 28, 28) and 0.0 <= x.min() and x.max() <= 1.0
+        own = c.anomaly_score(x, model="mnist-conv-vae")
+        assert own.is_outlier.mean() <= 0.1
+        assert c.anomaly_score(noise, model="mnist-conv-vae").is_outlier.all()
+
+        digits = c.sample(20, seed=0, labels=np.arange(20) % 10, model="mnist-cvae")
+        assert digits.shape == (20, 1, 28, 28)
+        with pytest.raises(APIError) as err:
+            c.sample(2, model="mnist-cvae")  # conditional: labels are required
+        assert err.value.status == 422 and err.value.field == "labels"
+
+        fakes = c.sample(16, seed=0, model="mnist-dcgan")
+        assert fakes.shape == (16, 1, 28, 28)
+        d_noise = c.anomaly_score(noise, method="discriminator", model="mnist-dcgan")
+        d_fakes = c.anomaly_score(fakes, method="discriminator", model="mnist-dcgan")
+        assert np.median(d_noise.scores) > np.median(d_fakes.scores)

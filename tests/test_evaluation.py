@@ -11,7 +11,14 @@ from typer.testing import CliRunner
 
 from training.classifier import class_balance, frechet_distance
 from training.data import Split, load_digits
-from training.debias import biased_split, mirrored, resampling_weights, save_weights
+from training.debias import (
+    biased_split,
+    effective_sample_size,
+    resampling_weights,
+    restyle,
+    restyled,
+    save_weights,
+)
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -54,11 +61,27 @@ def test_weights_file_formats(tmp_path: Path) -> None:
 def test_biased_split_mirrors_the_rare_fraction() -> None:
     x = np.arange(2000 * 4, dtype=np.float32).reshape(2000, 1, 2, 2)
     split = Split(x, np.zeros(2000, dtype=np.int64))
-    biased, rare = biased_split(split, 0.02, seed=0)
+    biased, rare = biased_split(split, 0.02, seed=0, style="mirror")
     assert 20 < rare.sum() < 60
     np.testing.assert_array_equal(biased.x[rare], x[rare][..., ::-1])
     np.testing.assert_array_equal(biased.x[~rare], x[~rare])
-    np.testing.assert_array_equal(mirrored(split).x, x[..., ::-1])
+    np.testing.assert_array_equal(restyled(split, "mirror").x, x[..., ::-1])
+
+
+def test_thickening_dilates_strokes_by_one_pixel() -> None:
+    x = np.zeros((2, 1, 5, 5), dtype=np.float32)
+    x[0, 0, 2, 2] = 1.0
+    thick = restyle(x, "thicken")
+    assert thick.shape == x.shape and thick.dtype == np.float32
+    np.testing.assert_array_equal(thick[0, 0, 1:4, 1:4], np.ones((3, 3)))
+    assert thick[0].sum() == 9 and thick[1].sum() == 0
+    flat = restyle(x.reshape(2, 25), "thicken")  # flat (N, 784)-style inputs too
+    np.testing.assert_array_equal(flat, thick.reshape(2, 25))
+
+
+def test_effective_sample_size() -> None:
+    assert effective_sample_size(np.ones(100)) == pytest.approx(100)
+    assert effective_sample_size(np.r_[1.0, np.zeros(99)]) == pytest.approx(1)
 
 
 def test_frechet_distance_and_class_balance() -> None:

@@ -11,6 +11,7 @@ import torch
 
 from service.manifest import Manifest
 from training.calibrate import load_exported, score
+from training.card import record_metrics, reproduce_commands, write_card
 from training.config import ModelConfig, TrainConfig
 from training.data import load_digits, read_idx
 from training.export import export_checkpoint
@@ -80,7 +81,22 @@ def test_training_is_deterministic_and_resumes(tmp_path: Path) -> None:
         resume=True,
         progress=False,
     )
-    assert load_checkpoint(resumed).epoch == 3
+    ckpt = load_checkpoint(resumed)
+    assert ckpt.epoch == 3
+    assert ckpt.history == [{"to_epoch": 3, "lr": TrainConfig().lr}]  # same lr: one phase
+    annealed = train(
+        cfg,
+        TrainConfig(epochs=4, seed=3, lr=1e-4),
+        tmp_path / "a",
+        splits=splits,
+        resume=True,
+        progress=False,
+    )
+    ckpt = load_checkpoint(annealed)
+    assert ckpt.history == [{"to_epoch": 3, "lr": TrainConfig().lr}, {"to_epoch": 4, "lr": 1e-4}]
+    commands = reproduce_commands(ckpt, Path("models/x"))
+    assert len(commands) == 3 and "--epochs 4" in commands[1] and "--lr 0.0001" in commands[1]
+    assert commands[1].endswith("--resume") and not commands[0].endswith("--resume")
 
 
 def test_export_matches_pytorch_and_serves(trained, tmp_path: Path) -> None:
@@ -131,3 +147,19 @@ def test_idx_reader_round_trip(tmp_path: Path) -> None:
     (tmp_path / "bad").write_bytes(raw[:-1])
     with pytest.raises(ValueError):
         read_idx(tmp_path / "bad")
+
+
+def test_evaluation_figures_are_recorded_in_manifest_and_card(trained, tmp_path: Path) -> None:
+    _, ckpt_path = trained
+    ckpt = load_checkpoint(ckpt_path)
+    folder = tmp_path / "tiny-vae"
+    export_checkpoint(ckpt, folder, "tiny-vae")
+    write_card(folder, Manifest.load(folder), reproduce=reproduce_commands(ckpt, folder))
+    record_metrics(folder, {"iwae_nll_nats": 21.5, "test_images": 360.0})
+    manifest = Manifest.load(folder)
+    assert manifest.metrics["iwae_nll_nats"] == 21.5
+    assert "val_loss" in manifest.metrics  # training figures kept
+    card = (folder / "README.md").read_text()
+    assert "| iwae_nll_nats | 21.5 |" in card and "| test_images | 360 |" in card
+    assert card.index("## Metrics") < card.index("| iwae_nll_nats") < card.index("## Anomaly")
+    assert card.count("| metric | value |") == 1

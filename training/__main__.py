@@ -151,6 +151,9 @@ def evaluate(
         "runs/classifier/mnist-cnn.pt"
     ),
     samples: int = 10000,
+    write: Annotated[
+        bool, typer.Option(help="Record the figures in the manifest and the model card")
+    ] = False,
 ) -> None:
     """Likelihood (VAEs) and sample quality (every model that samples) of an exported model."""
     import json
@@ -170,6 +173,11 @@ def evaluate(
         clf = load_or_train(classifier, splits.train)
         report.update(sample_quality(model_dir, clf, splits.val, splits.test, n=samples))
     typer.echo(json.dumps(report, indent=2))
+    if write:
+        from training.card import record_metrics
+
+        record_metrics(model_dir, report)
+        typer.echo(f"recorded in {model_dir}/model.json and README.md")
 
 
 @app.command()
@@ -182,7 +190,7 @@ def debias(
     epochs: int = 3,
     latent_dim: int = 16,
     bins: int = 10,
-    alpha: float = 0.01,
+    alpha: float = 0.5,
     combine: Annotated[str, typer.Option(help="product | max")] = "product",
     seed: int = 0,
 ) -> None:
@@ -216,12 +224,17 @@ def experiment(
     rare_fraction: float = 0.015,
     arch: Annotated[str, typer.Option(help="mlp | conv (one-class models)")] = "mlp",
     latent_dim: int = 16,
+    style: Annotated[
+        str, typer.Option(help="thicken | mirror (debias: the rare style)")
+    ] = "thicken",
+    alpha: Annotated[float, typer.Option(help="debias: density smoothing")] = 0.5,
     seed: int = 0,
 ) -> None:
     """Run an experiment of docs/evaluation.md and print its table (JSON)."""
     import json
 
     from training.data import load_dataset
+    from training.debias import Style
     from training.experiments import debias_experiment, one_class_table
 
     splits = load_dataset(dataset, data_dir, seed=seed, flat=False)
@@ -232,7 +245,12 @@ def experiment(
             mean = sum(r[method] for r in rows.values()) / len(rows)
             typer.echo(f"mean AUROC ({method}): {mean:.4f}")
     elif name == "debias":
-        typer.echo(json.dumps(debias_experiment(splits, rare_fraction, epochs, seed), indent=2))
+        styles: dict[str, Style] = {"thicken": "thicken", "mirror": "mirror", "invert": "invert"}
+        if style not in styles:
+            raise typer.BadParameter(f"style must be one of {', '.join(styles)}")
+        chosen = styles[style]
+        results = debias_experiment(splits, rare_fraction, epochs, seed, chosen, alpha)
+        typer.echo(json.dumps(results, indent=2))
     else:
         raise typer.BadParameter("name must be one-class or debias")
 

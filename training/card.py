@@ -99,13 +99,38 @@ def reproduce_commands(ckpt: Checkpoint, out: Path) -> list[str]:
     """The exact commands that rebuild this model folder, from the checkpoint's own config."""
     m, t = ckpt.model_config, ckpt.train_config
     run = f"runs/{out.name}"
-    train = (
+    phases = ckpt.history or [{"to_epoch": ckpt.epoch, "lr": t.lr}]
+    train = [
         f"python -m training train --model {m.kind} --arch {m.arch} --dataset {t.dataset}"
         + (f" --data-dir {t.data_dir}" if t.data_dir else "")
         + (" --binarize" if t.binarize else "")
         + (f" --normal-class {t.normal_class}" if t.normal_class is not None else "")
-        + f" --epochs {t.epochs} --batch-size {t.batch_size} --lr {t.lr:g}"
+        + f" --epochs {int(phase['to_epoch'])} --batch-size {t.batch_size} --lr {phase['lr']:g}"
         f" --latent-dim {m.latent_dim} --hidden {','.join(map(str, m.hidden))}"
-        f" --beta {m.beta:g} --seed {t.seed} --out {run}"
-    )
-    return [train, f"python -m training export {run}/checkpoint.pt --out {out}"]
+        f" --beta {m.beta:g} --seed {t.seed} --out {run}" + (" --resume" if i else "")
+        for i, phase in enumerate(phases)
+    ]
+    return [*train, f"python -m training export {run}/checkpoint.pt --out {out}"]
+
+
+def record_metrics(folder: Path, metrics: dict[str, float]) -> Manifest:
+    """Merge evaluation figures into the manifest and the card's metrics table (the ONNX files
+    and their checksums are untouched, so a served model can be evaluated in place)."""
+    manifest = Manifest.load(folder)
+    manifest = manifest.model_copy(update={"metrics": {**manifest.metrics, **metrics}})
+    manifest.save(folder)
+    card = folder / "README.md"
+    if card.exists():
+        text = card.read_text()
+        head, sep, rest = text.partition("## Metrics\n")
+        if sep:
+            _, nxt, tail = rest.partition("\n## ")
+            table = [
+                "",
+                "| metric | value |",
+                "| --- | --- |",
+                *[f"| {k} | {v:.4g} |" for k, v in sorted(manifest.metrics.items())],
+                "",
+            ]
+            card.write_text(head + sep + "\n".join(table) + nxt + tail)
+    return manifest

@@ -103,9 +103,11 @@ def frechet_distance(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) between two feature clouds."""
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s_a @ s_b)
-    covmean = np.real(covmean)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * covmean))
+    # Dead ReLU features make both covariances singular; like pytorch-fid, a small ridge on the
+    # diagonal keeps the matrix square root defined (its effect on the distance is ~1e-6 * dim).
+    ridge = np.eye(len(s_a)) * 1e-6
+    covmean = np.real(linalg.sqrtm((s_a + ridge) @ (s_b + ridge)))
+    return max(0.0, float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * covmean)))
 
 
 def class_balance(labels: NDArray[np.int64], classes: int = 10) -> dict[str, float]:

@@ -11,7 +11,7 @@ import numpy as np
 from training.classifier import predict, train_classifier
 from training.config import ModelConfig, TrainConfig
 from training.data import Splits
-from training.debias import biased_split, mirrored, train_debiased
+from training.debias import Style, biased_split, effective_sample_size, restyled, train_debiased
 from training.evaluate import one_class_auroc
 from training.export import export_checkpoint
 from training.train import load_checkpoint, train
@@ -48,12 +48,18 @@ def one_class_table(
 
 
 def debias_experiment(
-    splits: Splits, rare_fraction: float = 0.015, epochs: int = 3, seed: int = 0
+    splits: Splits,
+    rare_fraction: float = 0.015,
+    epochs: int = 3,
+    seed: int = 0,
+    style: Style = "thicken",
+    alpha: float = 0.5,
 ) -> dict[str, dict[str, float]]:
-    """Classifiers on a training set where mirrored digits are `rare_fraction` of the examples,
-    with and without DB-VAE resampling, tested on the normal and the fully mirrored test set."""
-    biased, rare = biased_split(splits.train, rare_fraction, seed)
-    rare_test = mirrored(splits.test)
+    """Classifiers on a training set where `style` (thickened or mirrored digits) is
+    `rare_fraction` of the examples, with and without DB-VAE resampling, tested on the normal and
+    the fully restyled test set."""
+    biased, rare = biased_split(splits.train, rare_fraction, seed, style)
+    rare_test = restyled(splits.test, style)
 
     def accuracy(model: object, split_x: np.ndarray, y: np.ndarray) -> float:
         predicted, _ = predict(model, split_x)  # type: ignore[arg-type]
@@ -61,7 +67,7 @@ def debias_experiment(
 
     results: dict[str, dict[str, float]] = {}
     plain = train_classifier(biased, epochs=epochs, seed=seed, progress=False)
-    debiased = train_debiased(biased, epochs=epochs, seed=seed, progress=False)
+    debiased = train_debiased(biased, epochs=epochs, alpha=alpha, seed=seed, progress=False)
     for name, clf in (("uniform sampling", plain), ("DB-VAE resampling", debiased.classifier)):
         results[name] = {
             "accuracy_overall": accuracy(clf, splits.test.x, splits.test.y),
@@ -73,5 +79,7 @@ def debias_experiment(
         "rare_share_of_data": float(rare.mean()),
         "rare_share_of_sampling_mass": float(w[rare].sum()),
         "mean_weight_ratio_rare_to_common": float(w[rare].mean() / w[~rare].mean()),
+        "effective_sample_size": effective_sample_size(w),
+        "examples": float(len(w)),
     }
     return results

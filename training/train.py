@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ class Checkpoint:
     optimizer_state: dict[str, Any] | None
     epoch: int
     metrics: dict[str, float]
+    # One entry per training phase ({"to_epoch", "lr"}): a run resumed with a new --lr has two,
+    # and the model card's reproduce commands replay each.
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def save_checkpoint(
@@ -41,6 +44,7 @@ def save_checkpoint(
     train_cfg: TrainConfig,
     epoch: int,
     metrics: dict[str, float],
+    history: list[dict[str, float]] | None = None,
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -52,6 +56,7 @@ def save_checkpoint(
             "optimizer": optimizer.state_dict(),
             "epoch": epoch,
             "metrics": metrics,
+            "history": history or [],
         },
         tmp,
     )
@@ -72,6 +77,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         state.get("optimizer"),
         int(state["epoch"]),
         dict(state.get("metrics", {})),
+        [dict(h) for h in state.get("history", [])],
     )
 
 
@@ -143,12 +149,20 @@ def train(
     model = build_model(model_cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
     start_epoch = 0
+    history: list[dict[str, float]] = []
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         model.load_state_dict(ckpt.model.state_dict())
         if ckpt.optimizer_state is not None:
             optimizer.load_state_dict(ckpt.optimizer_state)
+            for group in optimizer.param_groups:  # resuming with a new --lr anneals by hand
+                group["lr"] = train_cfg.lr
         start_epoch = ckpt.epoch
+        history = [h for h in ckpt.history if h["to_epoch"] <= start_epoch]
+        if not history or history[-1]["to_epoch"] != start_epoch:  # older checkpoints: one phase
+            history.append({"to_epoch": start_epoch, "lr": ckpt.train_config.lr})
+        if history[-1]["lr"] == train_cfg.lr:  # the same phase goes on
+            history.pop()
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
 
     forward: torch.nn.Module = model
@@ -175,7 +189,8 @@ def train(
             metrics = {f"val_{k}": v for k, v in evaluate_loss(model, val).items()}
             metrics["train_loss"] = parts["loss"]
             bar.set_postfix(val_loss=f"{metrics['val_loss']:.2f}")
-            save_checkpoint(ckpt_path, model, optimizer, train_cfg, epoch + 1, metrics)
+            phases = [*history, {"to_epoch": epoch + 1, "lr": train_cfg.lr}]
+            save_checkpoint(ckpt_path, model, optimizer, train_cfg, epoch + 1, metrics, phases)
         distributed.barrier(ctx)
     distributed.teardown(ctx)
     if not np.isfinite(metrics.get("val_loss", 0.0)):

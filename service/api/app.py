@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -36,6 +37,12 @@ _BODY_SCHEMAS = (
 )
 
 
+def auto_intra_op_threads(concurrent_batches: int) -> int:
+    """The cores shared out among the batches that may run at once, so they do not fight over
+    them (ONNX Runtime's own default gives every session all cores)."""
+    return max(1, (os.cpu_count() or 1) // concurrent_batches)
+
+
 def session_config(s: Settings) -> SessionConfig:
     return SessionConfig(
         providers=tuple(s.providers),
@@ -44,8 +51,9 @@ def session_config(s: Settings) -> SessionConfig:
         cuda_mem_limit_bytes=s.cuda_mem_limit_mb * 2**20 if s.cuda_mem_limit_mb else None,
         cudnn_conv_algo_search=s.cudnn_conv_algo_search,
         extra_cuda_options=dict(s.cuda_options),
-        intra_op_threads=s.intra_op_threads,
+        intra_op_threads=s.intra_op_threads or auto_intra_op_threads(s.max_concurrent_batches),
         inter_op_threads=s.inter_op_threads,
+        intra_op_spinning=s.intra_op_spinning,
         graph_optimization=s.graph_optimization,
         prefer_fp16=s.prefer_fp16,
     )
@@ -57,6 +65,7 @@ def batching_config(s: Settings) -> BatchingConfig:
         max_batch_size=s.max_batch_size,
         max_delay_ms=s.max_delay_ms,
         max_queue_rows=s.max_queue_rows,
+        max_concurrent_batches=s.max_concurrent_batches,
     )
 
 

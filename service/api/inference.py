@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from service.api import codecs
 from service.api.bodies import openapi_body, read_body
-from service.api.deps import RepositoryDep, SettingsDep, require_api_key
+from service.api.deps import require_api_key, serving_state
 from service.api.schemas import (
     AnomalyScoreRequest,
     AnomalyScoreResponse,
@@ -139,7 +139,8 @@ def _render_examples(
     summary="Draw samples from the prior",
     **_docs(SampleRequest),
 )
-async def sample(request: Request, repo: RepositoryDep, settings: SettingsDep) -> Response:
+async def sample(request: Request) -> Response:
+    repo, settings = serving_state(request)
     body = await read_body(request, SampleRequest)
     model = _model(repo, settings, body.model)
     _check_count(body.n, settings, "n")
@@ -158,7 +159,8 @@ async def sample(request: Request, repo: RepositoryDep, settings: SettingsDep) -
     summary="Posterior q(z|x) of inputs",
     **_docs(EncodeRequest),
 )
-async def encode(request: Request, repo: RepositoryDep, settings: SettingsDep) -> Response:
+async def encode(request: Request) -> Response:
+    repo, settings = serving_state(request)
     body = await read_body(request, EncodeRequest)
     model = _model(repo, settings, body.model)
     x = _inputs(model, body, settings)
@@ -189,7 +191,8 @@ async def encode(request: Request, repo: RepositoryDep, settings: SettingsDep) -
     summary="Decode latents z to outputs",
     **_docs(DecodeRequest, "z"),
 )
-async def decode(request: Request, repo: RepositoryDep, settings: SettingsDep) -> Response:
+async def decode(request: Request) -> Response:
+    repo, settings = serving_state(request)
     body = await read_body(request, DecodeRequest, array_field="z")
     model = _model(repo, settings, body.model)
     z = model.check_latents(codecs.to_array(body.z, "z"))
@@ -204,7 +207,8 @@ async def decode(request: Request, repo: RepositoryDep, settings: SettingsDep) -
     summary="Decode the posterior mean of inputs",
     **_docs(ReconstructRequest),
 )
-async def reconstruct(request: Request, repo: RepositoryDep, settings: SettingsDep) -> Response:
+async def reconstruct(request: Request) -> Response:
+    repo, settings = serving_state(request)
     body = await read_body(request, ReconstructRequest)
     model = _model(repo, settings, body.model)
     x = _inputs(model, body, settings)
@@ -218,7 +222,8 @@ async def reconstruct(request: Request, repo: RepositoryDep, settings: SettingsD
     summary="Decode a path between two inputs or two latents",
     **_docs(InterpolateRequest),
 )
-async def interpolate(request: Request, repo: RepositoryDep, settings: SettingsDep) -> Response:
+async def interpolate(request: Request) -> Response:
+    repo, settings = serving_state(request)
     body = await read_body(request, InterpolateRequest)
     model = _model(repo, settings, body.model)
     if body.steps > settings.max_interpolation_steps:
@@ -246,7 +251,8 @@ async def interpolate(request: Request, repo: RepositoryDep, settings: SettingsD
     summary="Outlier scores with the model's calibrated threshold",
     **_docs(AnomalyScoreRequest),
 )
-async def anomaly_score(request: Request, repo: RepositoryDep, settings: SettingsDep) -> Response:
+async def anomaly_score(request: Request) -> Response:
+    repo, settings = serving_state(request)
     body = await read_body(request, AnomalyScoreRequest)
     model = _model(repo, settings, body.model)
     if body.k > settings.max_iwae_k:

@@ -3,9 +3,11 @@
 Concurrent calls are queued; a worker takes every queued call that shares the batch's input
 signature (trailing shapes and dtypes), up to `max_batch_size` rows, waiting at most
 `max_delay_ms` after the first for more, runs the session once in a thread, and splits the outputs
-back by row counts. While a batch runs, newcomers queue, so batches grow with load without any
-wait at low load. The queue is bounded in rows: past `max_queue_rows` a call fails fast with
-`Overloaded` instead of queueing without end.
+back by row counts. At most `max_concurrent_batches` batches of one session run at once (like
+Triton's model instances: ONNX Runtime sessions are thread-safe); the next batch is formed only
+when a slot frees, so while every slot is busy newcomers queue and batches grow with load,
+without any wait at low load. The queue is bounded in rows: past `max_queue_rows` a call fails
+fast with `Overloaded` instead of queueing without end.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ class BatchObserver(Protocol):
 class BatchingConfig:
     enabled: bool = True
     max_batch_size: int = 256
-    max_delay_ms: float = 1.0
+    max_delay_ms: float = 0.0
     max_queue_rows: int = 16384
+    max_concurrent_batches: int = 1
 
 
 @dataclass
@@ -84,6 +87,8 @@ class Batcher:
         self._queued_rows = 0
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._slots: asyncio.Semaphore | None = None  # created on the serving loop
         self._closed = False
 
     @property
@@ -133,12 +138,19 @@ class Batcher:
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
+        slots = self._slots = self._slots or asyncio.Semaphore(self._cfg.max_concurrent_batches)
         while True:
             if not self._queue:
                 if self._closed:
+                    if self._running:
+                        await asyncio.gather(*self._running)
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                continue
+            await slots.acquire()  # a free slot first: calls keep queueing (and merging) meanwhile
+            if not self._queue:
+                slots.release()
                 continue
             first = self._queue.popleft()
             self._queued_rows -= first.rows
@@ -155,7 +167,10 @@ class Batcher:
                 except TimeoutError:
                     break
                 rows = self._take_compatible(batch, rows)
-            await self._execute(batch, rows, loop)
+            task = loop.create_task(self._execute(batch, rows, loop))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            task.add_done_callback(lambda _: slots.release())
 
     async def _execute(
         self, batch: list[_Call], rows: int, loop: asyncio.AbstractEventLoop
@@ -164,11 +179,11 @@ class Batcher:
         if not live:
             return
         started = time.perf_counter()
-        if len(live) == 1:
-            feeds = live[0].feeds
-        else:
-            feeds = {k: np.concatenate([c.feeds[k] for c in live]) for k in live[0].feeds}
         try:
+            if len(live) == 1:
+                feeds = live[0].feeds
+            else:
+                feeds = {k: np.concatenate([c.feeds[k] for c in live]) for k in live[0].feeds}
             outputs = await loop.run_in_executor(self._executor, self._run, feeds)
         except Exception as exc:  # delivered to every caller of the batch
             for c in live:

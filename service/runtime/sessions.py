@@ -41,6 +41,7 @@ class SessionConfig:
     cudnn_conv_algo_search: str = "EXHAUSTIVE"
     intra_op_threads: int = 0  # 0 = ONNX Runtime's default (one per core)
     inter_op_threads: int = 1
+    intra_op_spinning: bool = False  # see Settings.intra_op_spinning
     graph_optimization: str = "all"
     prefer_fp16: bool = False  # load a part's fp16 copy when its manifest lists one
     extra_cuda_options: dict[str, str] = field(default_factory=dict)
@@ -101,6 +102,9 @@ def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = cfg.intra_op_threads
     so.inter_op_num_threads = cfg.inter_op_threads
+    so.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if cfg.intra_op_spinning else "0"
+    )
     so.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

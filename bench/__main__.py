@@ -1,0 +1,171 @@
+"""`python -m bench`: sweep concurrency over every workload and system; print a table, write JSON,
+the docs section and the plot.
+
+    python -m bench                       # full run (~5 min), writes docs/benchmarks.{md,json,png}
+    python -m bench --quick --no-docs     # smoke test (< 30 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.inprocess import Ceiling
+from bench.loadgen import StepResult, run_step
+from bench.servers import HTTP_SYSTEMS, ROOT, SYSTEMS, Server, make_server
+from bench.workloads import DEFAULT_WORKLOADS, QUICK_WORKLOADS, Prepared, prepare
+
+DEFAULT_CONCURRENCY = (1, 4, 16, 64, 256)
+QUICK_CONCURRENCY = (1, 16)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--models", type=Path, default=ROOT / "models", help="model repository")
+    p.add_argument("--vae-model", default="mnist-conv-vae", help="VAE for /sample and scoring")
+    p.add_argument("--gan-model", default="mnist-dcgan", help="GAN for /sample")
+    p.add_argument("--concurrency", default=None, help="comma separated (default 1,4,16,64,256)")
+    p.add_argument("--duration", type=float, default=None, help="measured seconds per step")
+    p.add_argument("--warmup", type=float, default=None, help="unrecorded seconds per step")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="subset of " + ",".join(SYSTEMS))
+    p.add_argument("--workloads", default=None, help="comma separated workload names")
+    p.add_argument("--max-batch", type=int, default=256, help="in-process ceiling's largest batch")
+    p.add_argument("--quick", action="store_true", help="smoke test: 3 workloads, c=1,16, short")
+    p.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks.json")
+    p.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "benchmarks.png")
+    p.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the latentserve servers (repeatable)",
+    )
+    args = p.parse_args(argv)
+    conc = args.concurrency or ",".join(
+        map(str, QUICK_CONCURRENCY if args.quick else DEFAULT_CONCURRENCY)
+    )
+    args.concurrency = tuple(int(c) for c in conc.split(","))
+    args.duration = args.duration or (0.3 if args.quick else 1.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.1 if args.quick else 0.3)
+    args.systems = tuple(s for s in args.systems.split(",") if s)
+    unknown = set(args.systems) - set(SYSTEMS)
+    if unknown:
+        p.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
+    if args.workloads is None and args.quick:
+        args.workloads = ",".join(QUICK_WORKLOADS)
+    return args
+
+
+async def sweep(
+    args: argparse.Namespace, prepared: list[Prepared], servers: dict[str, Server]
+) -> list[StepResult]:
+    ceiling = Ceiling(args.models) if "inprocess" in args.systems else None
+    results: list[StepResult] = []
+    for p in prepared:
+        for c in args.concurrency:
+            # systems interleaved per step, so a change in the shared CPU's load hits all alike
+            for system in args.systems:
+                if system == "inprocess":
+                    assert ceiling is not None
+                    r = ceiling.run_step(p, c, args.warmup, args.duration, args.max_batch)
+                else:
+                    r = await run_step(
+                        servers[system].url,
+                        p.request,
+                        c,
+                        args.warmup,
+                        args.duration,
+                        system,
+                        p.name,
+                        p.workload.n,
+                    )
+                results.append(r)
+                print(
+                    f"{p.name:<22} {system:<16} c={c:<4} {r.rps:9.1f} req/s "
+                    f"{r.samples_per_s:10.0f} samples/s  p50 {r.p50_ms:8.2f} ms  "
+                    f"p99 {r.p99_ms:8.2f} ms  errors {r.errors}",
+                    flush=True,
+                )
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    t0 = time.perf_counter()
+    load_start = report.machine_info()["load_average"]
+    workloads = DEFAULT_WORKLOADS
+    if args.workloads:
+        wanted = set(args.workloads.split(","))
+        workloads = tuple(w for w in DEFAULT_WORKLOADS if w.name in wanted)
+    models = {"vae": args.vae_model, "gan": args.gan_model}
+    prepared, skipped = prepare(workloads, models, args.models)
+    for reason in skipped:
+        print(f"skipping workload {reason}", file=sys.stderr)
+    if not prepared:
+        print("no workload has its model; nothing to measure", file=sys.stderr)
+        return 2
+    used_models = sorted({p.model for p in prepared})
+    extra_env = dict(kv.split("=", 1) for kv in args.server_env)
+    servers: dict[str, Server] = {}
+    try:
+        for system in args.systems:
+            if system in HTTP_SYSTEMS:
+                servers[system] = make_server(system, args.models, used_models, extra_env).start()
+        results = asyncio.run(sweep(args, prepared, servers))
+    finally:
+        for s in servers.values():
+            s.stop()
+    startup = {k: round(s.startup_s, 3) for k, s in servers.items()}
+    targets = report.check_targets(results, startup)
+    machine = report.machine_info()
+    document: dict[str, Any] = {
+        "meta": {
+            "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "started": started,
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "machine": machine,
+            "load_average_start": load_start,
+            "load_average_end": machine["load_average"],
+            "repository": str(args.models),
+            "models": used_models,
+            "systems": list(args.systems),
+            "concurrency": list(args.concurrency),
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "server_env": extra_env,
+        },
+        "startup_s": startup,
+        "skipped": skipped,
+        "results": [r.as_dict() for r in results],
+        "targets": [t.as_dict() for t in targets],
+    }
+    print()
+    print(report.table(results))
+    print()
+    print(report.targets_text(targets))
+    print("startup to ready: " + ", ".join(f"{k} {v:.2f} s" for k, v in startup.items()))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(document, indent=1) + "\n")
+    plot_path = None
+    if not args.no_plot:
+        plot_path = args.plot
+        report.plot(results, plot_path)
+    if not args.no_docs:
+        report.write_docs(args.docs, document, results, targets, plot_path)
+    print(f"wrote {args.json}" + ("" if plot_path is None else f", {plot_path}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Rendering a run: the text table, the JSON document, the target checks, docs and the plot."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import StepResult
+
+DOC_START = "<!-- bench:results:start -->"
+DOC_END = "<!-- bench:results:end -->"
+PACKAGES = (
+    "onnxruntime-gpu",
+    "onnxruntime",
+    "numpy",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "uvloop",
+    "httptools",
+    "orjson",
+    "pydantic",
+    "httpx",
+)
+
+
+@dataclass
+class Target:
+    name: str
+    goal: str
+    measured: str
+    met: bool | None  # None: could not be measured in this run
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "goal": self.goal, "measured": self.measured, "met": self.met}
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "commit": commit,
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def _find(
+    results: list[StepResult], system: str, workload: str, concurrency: int
+) -> StepResult | None:
+    for r in results:
+        if (r.system, r.workload, r.concurrency) == (system, workload, concurrency):
+            return r
+    return None
+
+
+def _ok(r: StepResult | None) -> bool:
+    return r is not None and r.requests > 0 and r.errors == 0
+
+
+def check_targets(
+    results: list[StepResult], startup_s: dict[str, float], high_c: int | None = None
+) -> list[Target]:
+    """The issue's targets, at concurrency 64 or, in a sweep without it, the highest measured."""
+    targets: list[Target] = []
+    if high_c is None:
+        levels = {r.concurrency for r in results}
+        high_c = 64 if 64 in levels or not levels else max(levels)
+    workloads = list(dict.fromkeys(r.workload for r in results))
+    for w in workloads:
+        if w.startswith("sample-") and "-n64-" in w:
+            s, ip = _find(results, "service", w, high_c), _find(results, "inprocess", w, 1)
+            if _ok(s) and _ok(ip):
+                assert s is not None and ip is not None
+                ratio = s.samples_per_s / ip.samples_per_s
+                targets.append(
+                    Target(
+                        f"{w}: service at c={high_c} vs in-process at batch {ip.batch}",
+                        ">= 0.8x samples/s",
+                        f"{s.samples_per_s:.0f} / {ip.samples_per_s:.0f} = {ratio:.2f}x",
+                        ratio >= 0.8,
+                    )
+                )
+        if w.startswith("sample-") and "-n1-" in w:
+            s, nv = _find(results, "service", w, high_c), _find(results, "naive", w, high_c)
+            if _ok(s) and _ok(nv):
+                assert s is not None and nv is not None
+                ratio = s.rps / nv.rps
+                targets.append(
+                    Target(
+                        f"{w}: service vs naive at c={high_c}",
+                        ">= 5x req/s",
+                        f"{s.rps:.0f} / {nv.rps:.0f} = {ratio:.1f}x",
+                        ratio >= 5.0,
+                    )
+                )
+        s, ip = _find(results, "service", w, 1), _find(results, "inprocess", w, 1)
+        if _ok(s) and _ok(ip):
+            assert s is not None and ip is not None
+            gap = s.p50_ms - ip.p50_ms
+            targets.append(
+                Target(
+                    f"{w}: p50 at c=1, service minus in-process",
+                    "<= 2 ms",
+                    f"{s.p50_ms:.2f} - {ip.p50_ms:.2f} = {gap:.2f} ms",
+                    gap <= 2.0,
+                )
+            )
+        if w.endswith("-n64-npy") and w.startswith("sample-"):
+            b = _find(results, "service", w, high_c)
+            j = _find(results, "service", w.removesuffix("-npy") + "-json", high_c)
+            if _ok(b) and _ok(j):
+                assert b is not None and j is not None
+                ratio = b.rps / j.rps
+                targets.append(
+                    Target(
+                        f"{w.removesuffix('-npy')}: .npy vs JSON responses at c={high_c}",
+                        ">= 3x req/s",
+                        f"{b.rps:.0f} / {j.rps:.0f} = {ratio:.1f}x",
+                        ratio >= 3.0,
+                    )
+                )
+    if "service" in startup_s:
+        t = startup_s["service"]
+        targets.append(Target("service startup to ready", "<= 2 s", f"{t:.2f} s", t <= 2.0))
+    return targets
+
+
+def _fmt(v: float, digits: int = 1) -> str:
+    return "-" if math.isnan(v) else f"{v:,.{digits}f}"
+
+
+def table(results: list[StepResult], markdown: bool = False) -> str:
+    head = ["workload", "system", "c", "batch", "req/s", "samples/s", "p50 ms", "p95 ms"]
+    head += ["p99 ms", "errors"]
+    rows = [
+        [
+            r.workload,
+            r.system,
+            str(r.concurrency),
+            "-" if r.batch is None else str(r.batch),
+            _fmt(r.rps),
+            _fmt(r.samples_per_s, 0),
+            _fmt(r.p50_ms, 2),
+            _fmt(r.p95_ms, 2),
+            _fmt(r.p99_ms, 2),
+            str(r.errors),
+        ]
+        for r in results
+    ]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=False)]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    return "\n".join(fmt.format(*row) for row in [head, *rows])
+
+
+def targets_text(targets: list[Target], markdown: bool = False) -> str:
+    def verdict(t: Target) -> str:
+        return "n/a" if t.met is None else ("met" if t.met else "NOT met")
+
+    if markdown:
+        lines = ["| target | goal | measured | |", "|---|---|---|---|"]
+        lines += [f"| {t.name} | {t.goal} | {t.measured} | {verdict(t)} |" for t in targets]
+        return "\n".join(lines)
+    return "\n".join(f"[{verdict(t):>7}] {t.name}: {t.measured} (goal {t.goal})" for t in targets)
+
+
+def write_docs(
+    path: Path,
+    document: dict[str, Any],
+    results: list[StepResult],
+    targets: list[Target],
+    plot: Path | None,
+) -> None:
+    """Replace the generated section of `path` (between the markers), keeping the prose around."""
+    meta = document["meta"]
+    pk = ", ".join(f"{k} {v}" for k, v in meta["machine"]["packages"].items())
+    lines = [
+        DOC_START,
+        "",
+        f"Generated by `{meta['command']}` at {meta['started']} (commit "
+        f"`{meta['machine']['commit']}`, {meta['wall_s']:.0f} s).",
+        "",
+        f"- Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, "
+        f"{meta['machine']['os']}; load average at start {meta['load_average_start']}, "
+        f"at end {meta['load_average_end']} (the CPU is shared: compare ratios within one run).",
+        f"- Python {meta['machine']['python']}; {pk}.",
+        f"- Models: {meta['models']} from `{meta['repository']}`.",
+        f"- Steps: {meta['warmup_s']} s warm-up (not recorded) then {meta['duration_s']} s "
+        f"measured per (workload, system, concurrency); concurrency {meta['concurrency']}.",
+        "- Startup to ready: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in document["startup_s"].items())
+        + ".",
+    ]
+    if document["skipped"]:
+        lines += ["- Skipped: " + "; ".join(document["skipped"]) + "."]
+    lines += ["", "### Targets", "", targets_text(targets, markdown=True), ""]
+    if plot is not None:
+        rel = os.path.relpath(plot, path.parent)
+        lines += [f"![throughput and p99 against concurrency]({rel})", ""]
+    lines += ["### All steps", "", table(results, markdown=True), "", DOC_END]
+    block = "\n".join(lines)
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n" + DOC_START + DOC_END + "\n"
+    if DOC_START in text and DOC_END in text:
+        before, rest = text.split(DOC_START, 1)
+        _, after = rest.split(DOC_END, 1)
+        text = before + block + after
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def plot(results: list[StepResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = list(dict.fromkeys(r.workload for r in results))
+    systems = list(dict.fromkeys(r.system for r in results))
+    fig, axes = plt.subplots(len(workloads), 2, figsize=(11, 2.6 * len(workloads)), squeeze=False)
+    for row, w in enumerate(workloads):
+        for system in systems:
+            rs = sorted(
+                (r for r in results if r.workload == w and r.system == system),
+                key=lambda r: r.concurrency,
+            )
+            if not rs:
+                continue
+            cs = [r.concurrency for r in rs]
+            axes[row][0].plot(cs, [r.samples_per_s for r in rs], marker="o", label=system)
+            axes[row][1].plot(cs, [r.p99_ms for r in rs], marker="o", label=system)
+        axes[row][0].set_ylabel(f"{w}\nsamples/s")
+        axes[row][1].set_ylabel("p99 ms")
+        for ax in axes[row]:
+            ax.set_xscale("log", base=2)
+            ax.grid(True, alpha=0.3)
+        axes[row][1].set_yscale("log")
+    axes[0][0].legend(fontsize=8)
+    axes[0][0].set_title("throughput (samples/s)")
+    axes[0][1].set_title("p99 latency (ms, log)")
+    axes[-1][0].set_xlabel("concurrency")
+    axes[-1][1].set_xlabel("concurrency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

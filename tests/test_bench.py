@@ -1,0 +1,122 @@
+"""The benchmark runs end to end (three real servers plus the in-process ceiling) and reports what
+it measured; its target checks compute the right ratios. No timing is asserted: this machine is
+shared and noisy, the numbers live in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from bench.__main__ import main
+from bench.loadgen import StepResult
+from bench.naive_server import create_app as create_naive_app
+from bench.report import check_targets, table
+from tests.conftest import MODELS
+from tests.tiny_models import write_gan
+
+WORKLOADS = (
+    "sample-vae-n1-json",
+    "sample-gan-n64-npy",
+    "sample-gan-n64-json",
+    "anomaly-vae-n64-npy",
+)
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bench-models")
+    shutil.copytree(MODELS / "digits-vae", root / "digits-vae")
+    write_gan(root / "tiny-gan")
+    return root
+
+
+@pytest.mark.e2e
+def test_quick_run_measures_every_system_and_workload(repository: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    code = main(
+        [
+            "--models", str(repository),
+            "--vae-model", "digits-vae",
+            "--gan-model", "tiny-gan",
+            "--workloads", ",".join(WORKLOADS),
+            "--concurrency", "1,8",
+            "--duration", "0.2",
+            "--warmup", "0.05",
+            "--json", str(out),
+            "--no-docs",
+            "--no-plot",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    doc = json.loads(out.read_text())
+    results = doc["results"]
+    seen = {(r["workload"], r["system"], r["concurrency"]) for r in results}
+    systems = ("service", "service-nobatch", "naive", "inprocess")
+    assert seen == {(w, s, c) for w in WORKLOADS for s in systems for c in (1, 8)}
+    for r in results:
+        assert r["errors"] == 0, r
+        assert r["requests"] > 0, r
+        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+        assert r["samples_per_s"] == pytest.approx(r["rps"] * r["n"], rel=0.01, abs=0.1)
+        if r["system"] == "inprocess":  # the ceiling runs what a perfect batcher would merge
+            assert r["batch"] == min(r["concurrency"] * r["n"], 256)
+    assert set(doc["startup_s"]) == {"service", "service-nobatch", "naive"}
+    assert all(0 < t < 60 for t in doc["startup_s"].values())
+    names = [t["name"] for t in doc["targets"]]
+    assert "service startup to ready" in names
+    assert any("vs in-process" in n for n in names)
+    assert any(".npy vs JSON" in n for n in names)
+    assert doc["meta"]["models"] == ["digits-vae", "tiny-gan"]
+
+
+def _step(system: str, workload: str, c: int, n: int, requests: int, p50: float) -> StepResult:
+    return StepResult(system, workload, c, n, requests, 0, 1.0, p50, p50, p50, None)
+
+
+def test_targets_are_ratios_of_the_same_run() -> None:
+    results = [
+        _step("service", "sample-vae-n64-npy", 64, 64, 90, 700.0),
+        _step("inprocess", "sample-vae-n64-npy", 1, 64, 100, 5.0),
+        _step("service", "sample-vae-n64-json", 64, 64, 20, 3000.0),
+        _step("service", "sample-vae-n1-json", 64, 1, 3000, 20.0),
+        _step("naive", "sample-vae-n1-json", 64, 1, 500, 100.0),
+        _step("service", "sample-vae-n1-json", 1, 1, 400, 2.5),
+        _step("inprocess", "sample-vae-n1-json", 1, 1, 9000, 0.1),
+    ]
+    targets = {t.name: t for t in check_targets(results, {"service": 2.5})}
+    batch = targets["sample-vae-n64-npy: service at c=64 vs in-process at batch None"]
+    assert batch.measured.endswith("= 0.90x") and batch.met
+    naive = targets["sample-vae-n1-json: service vs naive at c=64"]
+    assert naive.measured.endswith("= 6.0x") and naive.met
+    p50 = targets["sample-vae-n1-json: p50 at c=1, service minus in-process"]
+    assert p50.measured.endswith("= 2.40 ms") and not p50.met
+    npy = targets["sample-vae-n64: .npy vs JSON responses at c=64"]
+    assert npy.measured.endswith("= 4.5x") and npy.met
+    startup = targets["service startup to ready"]
+    assert not startup.met
+    text = table(results)
+    assert text.splitlines()[0].split()[:3] == ["workload", "system", "c"]
+    assert len(text.splitlines()) == len(results) + 1
+
+
+async def test_naive_baseline_answers_the_same_requests(repository: Path) -> None:
+    app = create_naive_app(repository)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://naive") as client:
+        r = await client.post("/sample", json={"model": "tiny-gan", "n": 3, "seed": 1})
+        assert r.status_code == 200
+        samples = np.asarray(r.json()["samples"])
+        assert samples.shape[0] == 3 and np.all((samples >= 0) & (samples <= 1))
+        x = np.zeros((2, 64), dtype=np.float32)
+        r = await client.post(
+            "/anomaly-score",
+            json={"model": "digits-vae", "inputs": x.tolist(), "method": "reconstruction"},
+        )
+        assert r.status_code == 200
+        scores = r.json()["scores"]
+        assert len(scores) == 2 and scores[0] == pytest.approx(scores[1]) and scores[0] > 0
