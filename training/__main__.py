@@ -225,8 +225,8 @@ def experiment(
     arch: Annotated[str, typer.Option(help="mlp | conv (one-class models)")] = "mlp",
     latent_dim: int = 16,
     style: Annotated[
-        str, typer.Option(help="thicken | mirror (debias: the rare style)")
-    ] = "thicken",
+        str, typer.Option(help="debias: the rare style, invert | thicken | mirror")
+    ] = "invert",
     alpha: Annotated[float, typer.Option(help="debias: density smoothing")] = 0.5,
     seed: int = 0,
 ) -> None:

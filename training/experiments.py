@@ -52,10 +52,10 @@ def debias_experiment(
     rare_fraction: float = 0.015,
     epochs: int = 3,
     seed: int = 0,
-    style: Style = "thicken",
+    style: Style = "invert",
     alpha: float = 0.5,
 ) -> dict[str, dict[str, float]]:
-    """Classifiers on a training set where `style` (thickened or mirrored digits) is
+    """Classifiers on a training set where `style` (inverted, thickened or mirrored digits) is
     `rare_fraction` of the examples, with and without DB-VAE resampling, tested on the normal and
     the fully restyled test set."""
     biased, rare = biased_split(splits.train, rare_fraction, seed, style)
