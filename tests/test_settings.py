@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
@@ -41,3 +43,32 @@ def test_unusable_values_fail_at_start(
     monkeypatch.setenv(name, value)
     with pytest.raises((ValidationError, SettingsError)):
         Settings()
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+async def test_opentelemetry_setting_decides_whether_fastapi_looks_for_a_tracer(
+    app_with: Any, monkeypatch: pytest.MonkeyPatch, enabled: bool
+) -> None:
+    """Off by default because FastAPI's per-request provider lookup showed in the profile."""
+    import inspect
+
+    from fastapi import FastAPI
+
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        pytest.skip("this FastAPI has no native OpenTelemetry")
+    from opentelemetry import trace
+
+    lookups = 0
+    real = trace.get_tracer_provider
+
+    def counting() -> Any:
+        nonlocal lookups
+        lookups += 1
+        return real()
+
+    monkeypatch.setattr(trace, "get_tracer_provider", counting)
+    async with app_with(opentelemetry=enabled) as client:
+        for seed in range(3):
+            r = await client.post("/sample", json={"n": 1, "seed": seed})
+            assert r.status_code == 200 and len(r.json()["samples"]) == 1
+    assert (lookups >= 3) if enabled else (lookups == 0)

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,7 +28,7 @@ from service.errors import Overloaded
 Feeds = dict[str, NDArray[np.generic]]
 Outputs = list[NDArray[np.generic]]
 RunFn = Callable[[Feeds], Outputs]
-Signature = tuple[tuple[str, tuple[int, ...], str], ...]
+Signature = tuple[tuple[str, tuple[int, ...], np.dtype[Any]], ...]
 
 
 class BatchObserver(Protocol):
@@ -58,7 +58,7 @@ class _Call:
 
 
 def signature_of(feeds: Feeds) -> Signature:
-    return tuple((k, tuple(v.shape[1:]), str(v.dtype)) for k, v in sorted(feeds.items()))
+    return tuple((k, v.shape[1:], v.dtype) for k, v in sorted(feeds.items()))
 
 
 def split_rows(outputs: Outputs, counts: Sequence[int]) -> list[Outputs]:
