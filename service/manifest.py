@@ -16,6 +16,7 @@ client can all depend on it. See docs/model-format.md for the field-by-field doc
 from __future__ import annotations
 
 import hashlib
+import math
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -97,13 +98,40 @@ class OnnxPart(_Strict):
         return value
 
 
+class Normalization(_Strict):
+    """Per-feature map between the units clients send and the model's own values:
+    raw = offset + scale * model_value. Tabular models are trained on min-max scaled features;
+    with this in the manifest the service takes and returns raw values."""
+
+    offset: list[float] = Field(description="One value per feature: raw value at model value 0.")
+    scale: list[float] = Field(description="One positive value per feature: raw units per 1.0.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Normalization:
+        if len(self.offset) != len(self.scale):
+            raise ValueError("offset and scale must have one value per feature")
+        if not all(math.isfinite(v) for v in self.offset) or not all(
+            math.isfinite(v) and v > 0 for v in self.scale
+        ):
+            raise ValueError("offsets must be finite and scales finite and positive")
+        return self
+
+
 class InputSpec(_Strict):
     """What one example looks like: its shape without the batch axis, and its value range."""
 
     shape: list[int] = Field(
         description="Shape of one example, e.g. [1, 28, 28] for MNIST or [64] for flat digits."
     )
-    value_range: tuple[float, float] = (0.0, 1.0)
+    value_range: tuple[float, float] = Field(
+        default=(0.0, 1.0),
+        description="Range of the model's values. Inputs outside it are refused, unless "
+        "`normalization` is set: then inputs are raw values of any size (unusual values are what "
+        "anomaly scores are for) and the model sees them mapped and clipped into this range.",
+    )
+    normalization: Normalization | None = Field(
+        default=None, description="Raw-unit mapping of tabular inputs (see Normalization)."
+    )
     image_shape: tuple[int, int, int] | None = Field(
         default=None,
         description="(channels, height, width) when examples are images; used to convert PNG/JPEG "
@@ -117,6 +145,8 @@ class InputSpec(_Strict):
         lo, hi = self.value_range
         if not lo < hi:
             raise ValueError("value_range must be (low, high) with low < high")
+        if self.normalization is not None and len(self.normalization.offset) != self.size:
+            raise ValueError("normalization needs one offset and one scale per input value")
         if self.image_shape is not None:
             c, h, w = self.image_shape
             if c not in (1, 3) or c * h * w != self.size:

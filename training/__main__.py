@@ -4,19 +4,76 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+if TYPE_CHECKING:
+    from training.config import TrainConfig
+    from training.data import Splits
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
-Dataset = Annotated[str, typer.Option(help="digits | mnist | fashion-mnist")]
-DataDir = Annotated[str | None, typer.Option(help="Folder with IDX files (mnist)")]
+Dataset = Annotated[str, typer.Option(help="digits | mnist | fashion-mnist | images | arrays")]
+DataDir = Annotated[
+    str | None,
+    typer.Option(
+        help="mnist, fashion-mnist: folder of IDX files (default: the download cache); "
+        "images: folder (one subfolder per class); arrays: a .npy, .npz or .csv file"
+    ),
+]
+ImageSize = Annotated[
+    str, typer.Option(help="images: HEIGHTxWIDTH every image is resized to, e.g. 28x28")
+]
+Channels = Annotated[int, typer.Option(help="images: 1 (grayscale) or 3 (RGB)")]
+LabelColumn = Annotated[
+    str | None, typer.Option(help="arrays (.csv): name or index of the label column")
+]
 
 
 def _flat(dataset: str, arch: str) -> bool:
-    """Flat vectors only for the MLP digits models; MNIST-like data stays [1, 28, 28]."""
-    return dataset == "digits" and arch == "mlp"
+    """Flat vectors for the MLP digits models and tabular arrays; images stay [C, H, W]."""
+    return dataset == "arrays" or (dataset == "digits" and arch == "mlp")
+
+
+def _image_shape(size: str, channels: int) -> tuple[int, int, int]:
+    h, _, w = size.lower().partition("x")
+    try:
+        shape = (channels, int(h), int(w or h))
+    except ValueError:
+        raise typer.BadParameter(f"image size must look like 28x28, not {size!r}") from None
+    if channels not in (1, 3) or min(shape[1:]) < 4:
+        raise typer.BadParameter("images need 1 or 3 channels and at least 4x4 pixels")
+    return shape
+
+
+def _load_training_data(tc: TrainConfig, flat: bool) -> Splits:
+    """The data a checkpoint was trained on, split as it was."""
+    from training.data import load_dataset
+
+    return load_dataset(
+        tc.dataset,
+        tc.data_dir,
+        seed=tc.seed,
+        flat=flat,
+        image_shape=tc.image_shape or (1, 28, 28),
+        label_column=tc.label_column,
+    )
+
+
+@app.command()
+def download(
+    name: Annotated[str, typer.Argument(help="mnist | fashion-mnist")],
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Default: $LATENTSERVE_DATA_CACHE or ~/.cache/latentserve/datasets"),
+    ] = None,
+) -> None:
+    """Download a dataset's IDX files into the cache (checked before they are kept); later
+    commands find it there when no --data-dir is given."""
+    from training.download import download as fetch
+
+    typer.echo(f"{name}: {fetch(name, cache_dir)}")
 
 
 @app.command()
@@ -26,6 +83,9 @@ def train(
     binarize: Annotated[bool, typer.Option(help="Dynamic binarization of inputs")] = False,
     dataset: Dataset = "digits",
     data_dir: DataDir = None,
+    image_size: ImageSize = "28x28",
+    channels: Channels = 1,
+    label_column: LabelColumn = None,
     out: Annotated[Path, typer.Option(help="Run folder for checkpoint.pt")] = Path("runs/run"),
     epochs: int = 60,
     batch_size: int = 64,
@@ -42,23 +102,13 @@ def train(
 ) -> None:
     """Train a model and write OUT/checkpoint.pt after every epoch."""
     from training.config import ModelConfig, TrainConfig
-    from training.data import load_dataset
     from training.gan import train_gan
     from training.train import train as run_training
 
     if model in ("gan", "cgan"):
         arch = "conv"
-    splits = load_dataset(dataset, data_dir, seed=seed, flat=_flat(dataset, arch))
-    model_cfg = ModelConfig(
-        kind=model,
-        arch=arch,
-        input_shape=splits.input_shape,
-        image_shape=splits.image_shape,
-        latent_dim=latent_dim,
-        hidden=tuple(int(h) for h in hidden.split(",")),
-        num_classes=splits.num_classes if model in ("cvae", "cgan") else None,
-        beta=beta,
-    )
+    if dataset == "arrays" and arch != "mlp":
+        raise typer.BadParameter("tabular arrays need --arch mlp (and a VAE or AE)")
     train_cfg = TrainConfig(
         dataset=dataset,
         data_dir=data_dir,
@@ -69,6 +119,19 @@ def train(
         device=device,
         binarize=binarize,
         normal_class=normal_class,
+        image_shape=_image_shape(image_size, channels) if dataset == "images" else None,
+        label_column=label_column,
+    )
+    splits = _load_training_data(train_cfg, flat=_flat(dataset, arch))
+    model_cfg = ModelConfig(
+        kind=model,
+        arch=arch,
+        input_shape=splits.input_shape,
+        image_shape=splits.image_shape,
+        latent_dim=latent_dim,
+        hidden=tuple(int(h) for h in hidden.split(",")),
+        num_classes=splits.num_classes if model in ("cvae", "cgan") else None,
+        beta=beta,
     )
     if model in ("gan", "cgan"):
         path = train_gan(model_cfg, train_cfg, out, splits=splits)
@@ -91,24 +154,30 @@ def export(
     from training.calibrate import calibrate as run_calibration
     from training.calibrate import methods_for
     from training.card import reproduce_commands, write_card, write_sample_grid
-    from training.data import load_dataset
     from training.export import export_checkpoint
     from training.train import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
-    manifest = export_checkpoint(ckpt, out, name or out.name, version, description, half=fp16)
     tc = ckpt.train_config
-    splits = load_dataset(
-        tc.dataset, tc.data_dir, seed=tc.seed, flat=len(ckpt.model_config.input_shape) == 1
+    splits = _load_training_data(tc, flat=len(ckpt.model_config.input_shape) == 1)
+    manifest = export_checkpoint(
+        ckpt,
+        out,
+        name or out.name,
+        version,
+        description,
+        half=fp16,
+        normalization=splits.normalization,
     )
     manifest = run_calibration(
         out,
-        splits.val,
+        splits.served(splits.val),
         f"{tc.dataset} validation split",
         methods=methods_for(manifest),
         percentile=calibrate_percentile,
     )
-    write_sample_grid(out)
+    if manifest.input.image_shape is not None:
+        write_sample_grid(out)
     write_card(out, manifest, reproduce=reproduce_commands(ckpt, out))
     typer.echo(f"exported {manifest.name} to {out}")
 
@@ -118,6 +187,7 @@ def calibrate(
     model_dir: Path,
     dataset: Dataset = "digits",
     data_dir: DataDir = None,
+    label_column: LabelColumn = None,
     percentile: float = 99.0,
     seed: int = 0,
 ) -> None:
@@ -128,10 +198,18 @@ def calibrate(
     from training.data import load_dataset
 
     manifest = Manifest.load(model_dir)
-    splits = load_dataset(dataset, data_dir, seed=seed, flat=len(manifest.input.shape) == 1)
+    shape = manifest.input.image_shape
+    splits = load_dataset(
+        dataset,
+        data_dir,
+        seed=seed,
+        flat=len(manifest.input.shape) == 1,
+        image_shape=shape or (1, 28, 28),
+        label_column=label_column,
+    )
     manifest = run_calibration(
         model_dir,
-        splits.val,
+        splits.served(splits.val),
         f"{dataset} validation split",
         methods=methods_for(manifest),
         percentile=percentile,
@@ -145,6 +223,7 @@ def evaluate(
     model_dir: Path,
     dataset: Dataset = "mnist",
     data_dir: DataDir = None,
+    label_column: LabelColumn = None,
     k: Annotated[int, typer.Option(help="Importance samples for the IWAE bound")] = 1000,
     n: Annotated[int | None, typer.Option(help="Evaluate the first n test images")] = None,
     classifier: Annotated[Path, typer.Option(help="Cached evaluation classifier")] = Path(
@@ -162,14 +241,22 @@ def evaluate(
     from training.calibrate import load_exported
     from training.classifier import load_or_train
     from training.data import load_dataset
-    from training.evaluate import likelihood_metrics, sample_quality
+    from training.evaluate import likelihood_metrics, sample_quality, tabular_scores
 
     manifest = Manifest.load(model_dir)
-    splits = load_dataset(dataset, data_dir, flat=len(manifest.input.shape) == 1)
+    splits = load_dataset(
+        dataset,
+        data_dir,
+        flat=len(manifest.input.shape) == 1,
+        image_shape=manifest.input.image_shape or (1, 28, 28),
+        label_column=label_column,
+    )
     report: dict[str, float] = {}
-    if manifest.kind.value in ("vae", "cvae") and not manifest.conditional:
+    if dataset == "arrays":
+        report.update(tabular_scores(load_exported(model_dir), splits.served(splits.test), k=k))
+    elif manifest.kind.value in ("vae", "cvae") and not manifest.conditional:
         report.update(likelihood_metrics(load_exported(model_dir), splits.test, k=k, n=n))
-    if manifest.input.image_shape is not None and dataset != "digits":
+    if manifest.input.image_shape is not None and dataset in ("mnist", "fashion-mnist"):
         clf = load_or_train(classifier, splits.train)
         report.update(sample_quality(model_dir, clf, splits.val, splits.test, n=samples))
     typer.echo(json.dumps(report, indent=2))

@@ -103,6 +103,12 @@ def reproduce_commands(ckpt: Checkpoint, out: Path) -> list[str]:
     train = [
         f"python -m training train --model {m.kind} --arch {m.arch} --dataset {t.dataset}"
         + (f" --data-dir {t.data_dir}" if t.data_dir else "")
+        + (
+            f" --image-size {t.image_shape[1]}x{t.image_shape[2]} --channels {t.image_shape[0]}"
+            if t.image_shape is not None and t.dataset == "images"
+            else ""
+        )
+        + (f" --label-column {t.label_column}" if t.label_column is not None else "")
         + (" --binarize" if t.binarize else "")
         + (f" --normal-class {t.normal_class}" if t.normal_class is not None else "")
         + f" --epochs {int(phase['to_epoch'])} --batch-size {t.batch_size} --lr {phase['lr']:g}"

@@ -42,10 +42,15 @@ class TrainConfig:
     device: str = "cpu"
     normal_class: int | None = None  # one-class training for anomaly detection
     binarize: bool = False  # dynamic binarization: fresh x ~ Bernoulli(pixel) every batch
+    image_shape: tuple[int, int, int] | None = None  # images: (channels, height, width)
+    label_column: str | None = None  # arrays (.csv): the column holding class labels
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        if d.get("image_shape") is not None:
+            d["image_shape"] = tuple(d["image_shape"])
         return cls(**d)
 
 

@@ -1,6 +1,10 @@
 """Datasets as float32 arrays in [0, 1], split deterministically into train / val / test.
 
 Every loader returns a `Splits`; models see examples shaped like the manifest's `input.shape`.
+Sources: sklearn's digits, MNIST-layout IDX files (MNIST, Fashion-MNIST; `training.download`
+fetches them into a cache when asked), a folder of images, and numeric arrays (.npy, .npz, .csv)
+for tabular anomaly detection, which are min-max scaled per feature with the scaling kept so the
+service can take raw values.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ import gzip
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,17 +36,36 @@ class Split:
 
 
 @dataclass
+class Normalization:
+    """Per-feature affine map from the model's [0, 1] values to the data's own units:
+    raw = offset + scale * x. Exported into the manifest so the service accepts raw values."""
+
+    offset: FloatArray
+    scale: FloatArray
+
+    def to_raw(self, x: FloatArray) -> FloatArray:
+        return (self.offset + self.scale * x).astype(np.float32)
+
+
+@dataclass
 class Splits:
     name: str
     train: Split
     val: Split
     test: Split
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, int, int] | None  # None for tabular data
     num_classes: int
+    normalization: Normalization | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
+
+    def served(self, split: Split) -> Split:
+        """`split` in the units a client sends the served model (raw for scaled tabular data)."""
+        if self.normalization is None:
+            return split
+        return Split(self.normalization.to_raw(split.x), split.y)
 
 
 def _split_by_index(
@@ -121,14 +145,143 @@ def load_idx_dataset(
     )
 
 
-def load_dataset(
-    name: str, data_dir: str | None = None, seed: int = 0, flat: bool = True
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_image_folder(
+    root: Path, image_shape: tuple[int, int, int] = (1, 28, 28), seed: int = 0, flat: bool = False
 ) -> Splits:
-    """Dispatch by name: 'digits' or an IDX dataset ('mnist', 'fashion-mnist') in `data_dir`."""
+    """Images under `root`, one subfolder per class (labels are the sorted subfolder names), or
+    directly in `root` (one class). Every image is converted to grayscale or RGB and resized to
+    `image_shape` (channels, height, width); 10% validation, 20% test, seeded."""
+    from PIL import Image
+
+    c, h, w = image_shape
+    if c not in (1, 3):
+        raise ValueError(f"images need 1 (grayscale) or 3 (RGB) channels, not {c}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and _image_files(d))
+    files = [(f, i) for i, name in enumerate(classes) for f in _image_files(root / name)]
+    if not classes:
+        files = [(f, 0) for f in _image_files(root)]
+    if len(files) < 10:
+        raise ValueError(f"{root} holds {len(files)} images; need at least 10 to split")
+    x = np.empty((len(files), c, h, w), dtype=np.float32)
+    for row, (path, _) in enumerate(files):
+        with Image.open(path) as opened:
+            img = opened.convert("L" if c == 1 else "RGB")
+            if img.size != (w, h):
+                img = img.resize((w, h), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32) / 255.0
+        x[row] = arr[None] if c == 1 else arr.transpose(2, 0, 1)
+    y = np.array([label for _, label in files], dtype=np.int64)
+    data = x.reshape(len(x), -1) if flat else x
+    train, val, test = _split_by_index(data, y, (0.1, 0.2), seed)
+    return Splits(root.name, train, val, test, image_shape, max(len(classes), 1))
+
+
+def _read_table(path: Path, label_column: str | None) -> tuple[FloatArray, IntArray | None]:
+    """Features and optional integer labels from .npy (N, D), .npz (`x`, optional `y`) or .csv
+    (numbers, optional header row; `label_column` names or numbers the label column)."""
+    suffix = path.suffix.lower()
+    labels: Any = None
+    if suffix == ".npy":
+        x = np.load(path, allow_pickle=False)
+    elif suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            if "x" not in archive:
+                raise ValueError(f"{path}: an .npz needs an array named 'x' (and optionally 'y')")
+            x = archive["x"]
+            labels = archive["y"] if "y" in archive else None
+    elif suffix == ".csv":
+        with path.open() as f:
+            first = f.readline().strip().split(",")
+        try:
+            [float(v) for v in first]
+            header: list[str] | None = None
+        except ValueError:
+            header = [v.strip().strip('"') for v in first]
+        table = np.loadtxt(path, delimiter=",", skiprows=0 if header is None else 1, ndmin=2)
+        if label_column is not None:
+            if header is not None and label_column in header:
+                col = header.index(label_column)
+            elif label_column.lstrip("-").isdigit():
+                col = int(label_column) % table.shape[1]
+            else:
+                raise ValueError(f"{path}: no column {label_column!r} (header: {header})")
+            labels = table[:, col]
+            table = np.delete(table, col, axis=1)
+        x = table
+    else:
+        raise ValueError(f"{path}: arrays must be .npy, .npz or .csv")
+    if label_column is not None and suffix != ".csv":
+        raise ValueError("--label-column applies to .csv files (.npz files carry 'y')")
+    x = np.asarray(x)
+    if x.ndim != 2 or x.dtype.kind not in "biuf" or len(x) == 0:
+        raise ValueError(f"{path}: features must be a non-empty 2-D numeric array, got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{path}: features hold NaN or infinite values")
+    y = None
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (len(x),) or not np.all(labels == np.round(labels)) or labels.min() < 0:
+            raise ValueError(f"{path}: labels must be one non-negative integer per row")
+        y = labels.astype(np.int64)
+    return x.astype(np.float32), y
+
+
+def load_arrays(path: Path, seed: int = 0, label_column: str | None = None) -> Splits:
+    """Tabular data for anomaly detection: rows of numeric features. Each feature is min-max
+    scaled to [0, 1] with the training split's range (the Bernoulli decoder's domain); the map
+    back to raw units travels as `Splits.normalization` into the manifest."""
+    x, y = _read_table(path, label_column)
+    if len(x) < 10:
+        raise ValueError(f"{path} holds {len(x)} rows; need at least 10 to split")
+    labels = y if y is not None else np.zeros(len(x), dtype=np.int64)
+    train, val, test = _split_by_index(x, labels, (0.1, 0.2), seed)
+    offset = train.x.min(0)
+    span = train.x.max(0) - offset
+    scale = np.where(span > 0, span, 1.0).astype(np.float32)
+    norm = Normalization(offset.astype(np.float32), scale)
+
+    def scaled(split: Split) -> Split:
+        # Training rows span [0, 1] exactly; held-out rows may stray past it and are not clipped,
+        # so `Splits.served` gives back their raw values exactly.
+        return Split(((split.x - norm.offset) / norm.scale).astype(np.float32), split.y)
+
+    num_classes = int(labels.max()) + 1 if y is not None else 1
+    return Splits(path.stem, scaled(train), scaled(val), scaled(test), None, num_classes, norm)
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | None = None,
+    seed: int = 0,
+    flat: bool = True,
+    image_shape: tuple[int, int, int] = (1, 28, 28),
+    label_column: str | None = None,
+) -> Splits:
+    """Dispatch by name: 'digits'; an IDX dataset ('mnist', 'fashion-mnist') in `data_dir`, or in
+    the download cache when `data_dir` is not given; 'images' (a folder, resized to
+    `image_shape`); 'arrays' (a .npy/.npz/.csv file)."""
     if name == "digits":
         return load_digits(seed=seed, flat=flat)
     if name in ("mnist", "fashion-mnist"):
-        if data_dir is None:
-            raise ValueError(f"--data-dir is required for {name}")
-        return load_idx_dataset(Path(data_dir), name=name, seed=seed, flat=flat)
-    raise ValueError(f"unknown dataset {name!r}")
+        from training.download import cached_dataset_dir
+
+        folder = Path(data_dir) if data_dir is not None else cached_dataset_dir(name)
+        return load_idx_dataset(folder, name=name, seed=seed, flat=flat)
+    if name in ("images", "arrays") and data_dir is None:
+        raise ValueError(f"--data-dir is required for {name}")
+    if name == "images":
+        assert data_dir is not None
+        return load_image_folder(Path(data_dir), image_shape, seed=seed, flat=flat)
+    if name == "arrays":
+        assert data_dir is not None
+        return load_arrays(Path(data_dir), seed=seed, label_column=label_column)
+    raise ValueError(f"unknown dataset {name!r}: digits | mnist | fashion-mnist | images | arrays")

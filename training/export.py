@@ -20,12 +20,14 @@ from service.manifest import (
     InputSpec,
     Manifest,
     ModelKind,
+    Normalization,
     OnnxPart,
     PartRole,
     TensorSpec,
     sha256_file,
 )
 from training.config import to_dict
+from training.data import Normalization as DataNormalization
 from training.train import Checkpoint
 
 log = logging.getLogger("training.export")
@@ -146,9 +148,11 @@ def export_checkpoint(
     version: str = "1",
     description: str = "",
     half: bool = False,
+    normalization: DataNormalization | None = None,
 ) -> Manifest:
     """Write the model's ONNX parts and model.json (without calibration) into `out_dir`; with
-    `half`, also fp16 copies of each part (fp32 inputs and outputs kept)."""
+    `half`, also fp16 copies of each part (fp32 inputs and outputs kept); `normalization` (scaled
+    tabular data) goes into the manifest so the service takes raw feature values."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = ckpt.model_config
     model = ckpt.model.eval()
@@ -200,6 +204,12 @@ def export_checkpoint(
             shape=list(shape),
             value_range=(0.0, 1.0),
             image_shape=cfg.image_shape,
+            normalization=None
+            if normalization is None
+            else Normalization(
+                offset=[float(v) for v in normalization.offset.ravel()],
+                scale=[float(v) for v in normalization.scale.ravel()],
+            ),
         ),
         latent_dim=cfg.latent_dim,
         num_classes=cfg.num_classes,

@@ -107,6 +107,13 @@ class GenerativeModel:
         self.folder = folder
         self.parts = parts
         self.loaded_at = time.time()
+        norm = manifest.input.normalization
+        shape = tuple(manifest.input.shape)
+        self._offset: F32 | None = None
+        self._scale: F32 | None = None
+        if norm is not None:
+            self._offset = np.asarray(norm.offset, dtype=np.float32).reshape(shape)
+            self._scale = np.asarray(norm.scale, dtype=np.float32).reshape(shape)
 
     @classmethod
     def load(
@@ -186,7 +193,7 @@ class GenerativeModel:
         if not np.isfinite(x32).all():
             raise InvalidInput("values must be finite numbers (no NaN or infinity)", field=field)
         lo, hi = self.manifest.input.value_range
-        if x32.min() < lo - 1e-6 or x32.max() > hi + 1e-6:
+        if self._offset is None and (x32.min() < lo - 1e-6 or x32.max() > hi + 1e-6):
             raise InvalidInput(
                 f"values must lie in the model's range [{lo}, {hi}], got [{x32.min():.4g}, "
                 f"{x32.max():.4g}]",
@@ -232,13 +239,39 @@ class GenerativeModel:
             feeds["label"] = labels
         return feeds
 
+    # -- units -------------------------------------------------------------------------------
+    # Public operations take and return the units clients use. Models with `input.normalization`
+    # (tabular data) compute on min-max scaled values; without it every map is the identity.
+    def _to_model(self, x: F32) -> F32:
+        if self._offset is None or self._scale is None:
+            return x
+        return ((x - self._offset) / self._scale).astype(np.float32)
+
+    def _to_raw(self, x: F32) -> F32:
+        if self._offset is None or self._scale is None:
+            return x
+        return (self._offset + self._scale * x).astype(np.float32)
+
+    def _feed(self, x_model: F32) -> F32:
+        """Model-unit inputs as the graphs saw them in training: inside the value range."""
+        if self._offset is None:
+            return x_model
+        lo, hi = self.manifest.input.value_range
+        return np.clip(x_model, lo, hi).astype(np.float32)
+
     # -- operations ----------------------------------------------------------------------------
     async def encode(self, x: F32, labels: NDArray[np.int64] | None = None) -> tuple[F32, F32]:
+        return await self._encode(self._feed(self._to_model(x)), labels)
+
+    async def decode(self, z: F32, labels: NDArray[np.int64] | None = None) -> F32:
+        return self._to_raw(await self._decode(z, labels))
+
+    async def _encode(self, x: F32, labels: NDArray[np.int64] | None) -> tuple[F32, F32]:
         part = self._part(PartRole.ENCODER, "encode")
         mean, log_var = await part.run(self._with_label({"x": x}, labels))
         return mean.astype(np.float32), log_var.astype(np.float32)
 
-    async def decode(self, z: F32, labels: NDArray[np.int64] | None = None) -> F32:
+    async def _decode(self, z: F32, labels: NDArray[np.int64] | None) -> F32:
         role = PartRole.DECODER if self.has(PartRole.DECODER) else PartRole.GENERATOR
         part = self._part(role, "decode")
         (x,) = await part.run(self._with_label({"z": z}, labels))
@@ -260,8 +293,11 @@ class GenerativeModel:
         return await self.decode(z, labels), z
 
     async def reconstruct(self, x: F32, labels: NDArray[np.int64] | None = None) -> F32:
-        mean, _ = await self.encode(x, labels)
-        return await self.decode(mean, labels)
+        return self._to_raw(await self._reconstruct(self._feed(self._to_model(x)), labels))
+
+    async def _reconstruct(self, x: F32, labels: NDArray[np.int64] | None) -> F32:
+        mean, _ = await self._encode(x, labels)
+        return await self._decode(mean, labels)
 
     async def interpolate(
         self,
@@ -291,15 +327,20 @@ class GenerativeModel:
         labels: NDArray[np.int64] | None = None,
         per_pixel: bool = False,
     ) -> AnomalyResult:
+        # Scores are in model units: for tabular models a squared error of 1 is a feature's
+        # whole training range, and values beyond that range still count in full here.
+        x_model = self._to_model(x)
         if method == "reconstruction":
-            x_hat = await self.reconstruct(x, labels)
-            sq = np.square(x - x_hat)
+            x_hat = await self._reconstruct(self._feed(x_model), labels)
+            sq = np.square(x_model - x_hat)
             return AnomalyResult(sq.reshape(len(x), -1).mean(1), sq if per_pixel else None)
         if method in ("elbo", "iwae"):
-            return await self._variational_score(x, method, k, seed, labels, per_pixel)
+            return await self._variational_score(
+                self._feed(x_model), method, k, seed, labels, per_pixel
+            )
         if method == "discriminator":
             part = self._part(PartRole.DISCRIMINATOR, "score with a discriminator")
-            (logit,) = await part.run(self._with_label({"x": x}, labels))
+            (logit,) = await part.run(self._with_label({"x": self._feed(x_model)}, labels))
             # -log D(x): near 0 for inputs the discriminator finds real, large for fakes/outliers.
             logits = np.asarray(logit, dtype=np.float32).reshape(len(x))
             scores = np.logaddexp(0.0, -logits).astype(np.float32)
@@ -325,11 +366,11 @@ class GenerativeModel:
                 f"model {self.name} has no probabilistic encoder with a Bernoulli decoder; "
                 "use method 'reconstruction'"
             )
-        mean, log_var = await self.encode(x, labels)
+        mean, log_var = await self._encode(x, labels)
         # The sampling and the bound are O(n * k * pixels) numpy work: off the event loop.
         z, eps = await asyncio.to_thread(_draw_posterior, mean, log_var, k, seed)
         rep_labels = None if labels is None else np.repeat(labels, k)
-        p = await self.decode(z, rep_labels)
+        p = await self._decode(z, rep_labels)
         return await asyncio.to_thread(
             _bernoulli_bound, x, p, mean, log_var, z, eps, method == "iwae", per_pixel
         )
