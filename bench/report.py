@@ -86,6 +86,20 @@ def _ok(r: StepResult | None) -> bool:
     return r is not None and r.requests > 0 and r.errors == 0
 
 
+def _ceiling_runs(results: list[StepResult], workload: str) -> list[StepResult]:
+    """In-process runs at concurrency 1 of the same computation as `workload`: its JSON and .npy
+    variants run the same graphs on the same batch, so each measures the ceiling once. Targets
+    take the best of them (highest throughput, lowest p50): one slow second on a shared CPU must
+    not flatter the service."""
+    stem = workload.rsplit("-", 1)[0]
+    same = {f"{stem}-json", f"{stem}-npy"}
+    return [
+        r
+        for r in results
+        if r.system == "inprocess" and r.concurrency == 1 and r.workload in same and _ok(r)
+    ]
+
+
 def check_targets(
     results: list[StepResult], startup_s: dict[str, float], high_c: int | None = None
 ) -> list[Target]:
@@ -97,15 +111,17 @@ def check_targets(
     workloads = list(dict.fromkeys(r.workload for r in results))
     for w in workloads:
         if w.startswith("sample-") and "-n64-" in w:
-            s, ip = _find(results, "service", w, high_c), _find(results, "inprocess", w, 1)
-            if _ok(s) and _ok(ip):
-                assert s is not None and ip is not None
+            s, runs = _find(results, "service", w, high_c), _ceiling_runs(results, w)
+            if _ok(s) and runs:
+                assert s is not None
+                ip = max(runs, key=lambda r: r.samples_per_s)
                 ratio = s.samples_per_s / ip.samples_per_s
                 targets.append(
                     Target(
                         f"{w}: service at c={high_c} vs in-process at batch {ip.batch}",
                         ">= 0.8x samples/s",
-                        f"{s.samples_per_s:.0f} / {ip.samples_per_s:.0f} = {ratio:.2f}x",
+                        f"{s.samples_per_s:.0f} / {ip.samples_per_s:.0f} = {ratio:.2f}x"
+                        + (f" (in-process: best of {len(runs)})" if len(runs) > 1 else ""),
                         ratio >= 0.8,
                     )
                 )
@@ -122,15 +138,17 @@ def check_targets(
                         ratio >= 5.0,
                     )
                 )
-        s, ip = _find(results, "service", w, 1), _find(results, "inprocess", w, 1)
-        if _ok(s) and _ok(ip):
-            assert s is not None and ip is not None
+        s, runs = _find(results, "service", w, 1), _ceiling_runs(results, w)
+        if _ok(s) and runs:
+            assert s is not None
+            ip = min(runs, key=lambda r: r.p50_ms)
             gap = s.p50_ms - ip.p50_ms
             targets.append(
                 Target(
                     f"{w}: p50 at c=1, service minus in-process",
                     "<= 2 ms",
-                    f"{s.p50_ms:.2f} - {ip.p50_ms:.2f} = {gap:.2f} ms",
+                    f"{s.p50_ms:.2f} - {ip.p50_ms:.2f} = {gap:.2f} ms"
+                    + (f" (in-process: best of {len(runs)})" if len(runs) > 1 else ""),
                     gap <= 2.0,
                 )
             )
