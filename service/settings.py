@@ -41,9 +41,10 @@ class Settings(BaseSettings):
     `max_concurrent_batches` (at least 1)."""
     inter_op_threads: int = Field(default=1, ge=0)
     intra_op_spinning: bool = False
-    """Let ONNX Runtime's idle threads spin for the next run. Off by default: spinning threads
-    take the cores the HTTP event loop needs (docs/benchmarks.md); on cores reserved for
-    inference, on, it shaves microseconds per run."""
+    """Let ONNX Runtime's threads spin between the parallel sections of a run (they stop when
+    the run ends). With `intra_op_threads=2` it cut /sample n=64 p50 at concurrency 1 by about a
+    third, and cost 15-25% of n=64 throughput at concurrency 64 (docs/benchmarks.md): off by
+    default, for latency-bound deployments."""
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     prefer_fp16: bool = False
     """Serve each part's fp16 copy where the manifest lists one (inputs/outputs stay float32)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import json
 import struct
 import threading
 from collections.abc import Iterator
@@ -60,6 +61,28 @@ def test_image_folder_errors_are_clear(tmp_path: Path) -> None:
     _write_images(tmp_path / "few", 3, 0, (8, 8))
     with pytest.raises(ValueError, match="at least 10"):
         load_image_folder(tmp_path / "few")
+
+
+def test_conv_vae_trains_on_an_rgb_image_folder_and_exports(tmp_path: Path) -> None:
+    for name, value in (("red", 220), ("blue", 30)):
+        _write_images(tmp_path / "data" / name, 12, value, (12, 12))
+    cli = CliRunner()
+    common = ["--dataset", "images", "--data-dir", str(tmp_path / "data"), "--channels", "3"]
+    bad = cli.invoke(training_cli, ["train", "--arch", "conv", *common, "--image-size", "10x10"])
+    assert bad.exit_code != 0 and "multiples of 4" in bad.output
+    run, out = tmp_path / "run", tmp_path / "models" / "colors"
+    result = cli.invoke(
+        training_cli,
+        ["train", "--model", "vae", "--arch", "conv", *common, "--image-size", "8x8",
+         "--epochs", "2", "--hidden", "4", "--latent-dim", "2", "--out", str(run)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = cli.invoke(training_cli, ["export", str(run / "checkpoint.pt"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["input"]["image_shape"] == [3, 8, 8] and manifest["input"]["shape"] == [3, 8, 8]
+    assert (out / "samples.png").exists()
+    assert "--image-size 8x8 --channels 3" in (out / "README.md").read_text()
 
 
 # -- tabular arrays ------------------------------------------------------------------------------

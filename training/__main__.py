@@ -123,6 +123,11 @@ def train(
         label_column=label_column,
     )
     splits = _load_training_data(train_cfg, flat=_flat(dataset, arch))
+    if arch == "conv" and splits.image_shape and any(d % 4 for d in splits.image_shape[1:]):
+        raise typer.BadParameter(
+            "convolutional models halve the image twice: sides must be multiples of 4 "
+            "(e.g. --image-size 28x28)"
+        )
     model_cfg = ModelConfig(
         kind=model,
         arch=arch,

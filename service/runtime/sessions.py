@@ -105,6 +105,10 @@ def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
     so.add_session_config_entry(
         "session.intra_op.allow_spinning", "1" if cfg.intra_op_spinning else "0"
     )
+    if cfg.intra_op_spinning:
+        # Spin between the parallel sections of a run, not after it: idle spinning threads
+        # would take the cores the HTTP event loop needs between requests.
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     so.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
