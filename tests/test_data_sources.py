@@ -203,6 +203,11 @@ def test_tabular_vae_is_trained_exported_and_served_in_raw_units(
             err = np.abs(recon - normal).mean(0) / normal.std(0)
             assert np.all(err < 0.5), err  # raw units back, close to the inputs
 
+            huge = normal[:2].tolist()
+            huge[1][1] = 1e38  # finite in float32, infinite once divided by the flow's scale
+            r = await client.post("/anomaly-score", json={"model": "sensors", "inputs": huge})
+            assert r.status_code == 422 and r.json()["error"]["field"] == "inputs"
+
             r = await client.post("/sample", json={"model": "sensors", "n": 500, "seed": 0})
             samples = np.array(r.json()["samples"])
             assert 900 < samples[:, 0].mean() < 1600 and samples[:, 1].max() < 0.05

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from service.manifest import Normalization
+
 FloatArray = NDArray[np.float32]
 IntArray = NDArray[np.int64]
 
@@ -36,18 +38,6 @@ class Split:
 
 
 @dataclass
-class Normalization:
-    """Per-feature affine map from the model's [0, 1] values to the data's own units:
-    raw = offset + scale * x. Exported into the manifest so the service accepts raw values."""
-
-    offset: FloatArray
-    scale: FloatArray
-
-    def to_raw(self, x: FloatArray) -> FloatArray:
-        return (self.offset + self.scale * x).astype(np.float32)
-
-
-@dataclass
 class Splits:
     name: str
     train: Split
@@ -55,7 +45,7 @@ class Splits:
     test: Split
     image_shape: tuple[int, int, int] | None  # None for tabular data
     num_classes: int
-    normalization: Normalization | None = None
+    normalization: Normalization | None = None  # goes into the manifest as input.normalization
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -63,9 +53,12 @@ class Splits:
 
     def served(self, split: Split) -> Split:
         """`split` in the units a client sends the served model (raw for scaled tabular data)."""
-        if self.normalization is None:
+        norm = self.normalization
+        if norm is None:
             return split
-        return Split(self.normalization.to_raw(split.x), split.y)
+        offset = np.asarray(norm.offset, dtype=np.float32)
+        scale = np.asarray(norm.scale, dtype=np.float32)
+        return Split((offset + scale * split.x).astype(np.float32), split.y)
 
 
 def _split_by_index(
@@ -247,12 +240,12 @@ def load_arrays(path: Path, seed: int = 0, label_column: str | None = None) -> S
     offset = train.x.min(0)
     span = train.x.max(0) - offset
     scale = np.where(span > 0, span, 1.0).astype(np.float32)
-    norm = Normalization(offset.astype(np.float32), scale)
+    norm = Normalization(offset=offset.tolist(), scale=scale.tolist())
 
     def scaled(split: Split) -> Split:
         # Training rows span [0, 1] exactly; held-out rows may stray past it and are not clipped,
-        # so `Splits.served` gives back their raw values exactly.
-        return Split(((split.x - norm.offset) / norm.scale).astype(np.float32), split.y)
+        # so `Splits.served` gives back their raw values.
+        return Split(((split.x - offset) / scale).astype(np.float32), split.y)
 
     num_classes = int(labels.max()) + 1 if y is not None else 1
     return Splits(path.stem, scaled(train), scaled(val), scaled(test), None, num_classes, norm)

@@ -27,7 +27,6 @@ from service.manifest import (
     sha256_file,
 )
 from training.config import to_dict
-from training.data import Normalization as DataNormalization
 from training.train import Checkpoint
 
 log = logging.getLogger("training.export")
@@ -148,7 +147,7 @@ def export_checkpoint(
     version: str = "1",
     description: str = "",
     half: bool = False,
-    normalization: DataNormalization | None = None,
+    normalization: Normalization | None = None,
 ) -> Manifest:
     """Write the model's ONNX parts and model.json (without calibration) into `out_dir`; with
     `half`, also fp16 copies of each part (fp32 inputs and outputs kept); `normalization` (scaled
@@ -204,12 +203,7 @@ def export_checkpoint(
             shape=list(shape),
             value_range=(0.0, 1.0),
             image_shape=cfg.image_shape,
-            normalization=None
-            if normalization is None
-            else Normalization(
-                offset=[float(v) for v in normalization.offset.ravel()],
-                scale=[float(v) for v in normalization.scale.ravel()],
-            ),
+            normalization=normalization,
         ),
         latent_dim=cfg.latent_dim,
         num_classes=cfg.num_classes,

@@ -193,7 +193,13 @@ class GenerativeModel:
         if not np.isfinite(x32).all():
             raise InvalidInput("values must be finite numbers (no NaN or infinity)", field=field)
         lo, hi = self.manifest.input.value_range
-        if self._offset is None and (x32.min() < lo - 1e-6 or x32.max() > hi + 1e-6):
+        if self._offset is not None:
+            with np.errstate(over="ignore"):
+                if not np.isfinite(self._to_model(x32)).all():
+                    raise InvalidInput(
+                        "values are too large for this model's feature scaling", field=field
+                    )
+        elif x32.min() < lo - 1e-6 or x32.max() > hi + 1e-6:
             raise InvalidInput(
                 f"values must lie in the model's range [{lo}, {hi}], got [{x32.min():.4g}, "
                 f"{x32.max():.4g}]",
