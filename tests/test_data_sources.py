@@ -9,6 +9,7 @@ import json
 import struct
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -232,14 +233,22 @@ def mirror(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             _idx(rng.integers(0, 256, (n, 28, 28)))
         )
         (root / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(_idx(np.arange(n) % 10))
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    with _static_server(root) as url:
+        yield url, root
+
+
+@contextmanager
+def _static_server(directory: Path) -> Iterator[str]:
+    """Serve `directory` over HTTP on 127.0.0.1 (a dataset mirror); yields its base URL."""
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
     handler.log_message = lambda *a: None  # type: ignore[attr-defined]
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/", root
-    server.shutdown()
-    server.server_close()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_download_fills_the_cache_and_loaders_find_it(
@@ -274,3 +283,15 @@ def test_download_refuses_files_that_fail_their_checks(
     with pytest.raises(DownloadError, match="train-images"):
         download("fashion-mnist", cache_dir=tmp_path / "c2", mirrors=(url,), progress=False)
     assert not (tmp_path / "c2" / "fashion-mnist" / "train-images-idx3-ubyte.gz").exists()
+
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="real MNIST files are not on this machine")
+def test_real_mnist_passes_the_published_checksums(tmp_path: Path) -> None:
+    """The MD5s are of the decompressed files, so a recompressed mirror copy still passes."""
+    with _static_server(SHARED_MNIST) as url:
+        folder = download("mnist", cache_dir=tmp_path, mirrors=(url,), progress=False)
+    splits = load_dataset("mnist", str(folder))
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (55000, 5000, 10000)
