@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra environment for the latentserve servers (repeatable)",
     )
+    p.add_argument(
+        "--service-workers",
+        type=int,
+        default=1,
+        help="processes per latentserve server (`serve --workers`)",
+    )
     args = p.parse_args(argv)
     conc = args.concurrency or ",".join(
         map(str, QUICK_CONCURRENCY if args.quick else DEFAULT_CONCURRENCY)
@@ -121,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for system in args.systems:
             if system in HTTP_SYSTEMS:
-                servers[system] = make_server(system, args.models, used_models, extra_env).start()
+                servers[system] = make_server(
+                    system, args.models, used_models, extra_env, args.service_workers
+                ).start()
         results = asyncio.run(sweep(args, prepared, servers))
     finally:
         for s in servers.values():
@@ -144,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "server_env": extra_env,
+            "service_workers": args.service_workers,
         },
         "startup_s": startup,
         "skipped": skipped,

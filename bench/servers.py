@@ -93,7 +93,11 @@ class Server:
 
 
 def make_server(
-    system: str, repository: Path, models: list[str], extra_env: dict[str, str]
+    system: str,
+    repository: Path,
+    models: list[str],
+    extra_env: dict[str, str],
+    workers: int = 1,
 ) -> Server:
     env = {**os.environ, **extra_env}
     if system == "naive":
@@ -107,5 +111,14 @@ def make_server(
             "LATENTSERVE_BATCHING": "false" if system == "service-nobatch" else "true",
         }
     )
-    cmd = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "service",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--workers",
+        str(workers),
+    ]
     return Server(system, cmd, env)

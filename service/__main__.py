@@ -15,7 +15,13 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     models: Annotated[Path | None, typer.Option(help="Model repository folder")] = None,
-    workers: Annotated[int, typer.Option(help="Server processes")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Server processes, each with its own models, batcher and metrics: /metrics and "
+            "reloads reach one process (README: Scaling)"
+        ),
+    ] = 1,
     graceful_timeout: Annotated[
         float, typer.Option(help="Seconds to finish in-flight requests after SIGTERM")
     ] = 30.0,
@@ -27,6 +33,12 @@ def serve(
 
     if models is not None:
         os.environ["LATENTSERVE_MODEL_REPOSITORY"] = str(models)
+    if workers > 1:
+        typer.echo(
+            f"{workers} worker processes: each loads its own copy of the models; /metrics and "
+            "POST /models/reload reach whichever process takes the request",
+            err=True,
+        )
     uvicorn.run(
         "service.api.app:create_app",
         factory=True,
