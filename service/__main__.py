@@ -18,8 +18,8 @@ def serve(
     workers: Annotated[
         int,
         typer.Option(
-            help="Server processes, each with its own models, batcher and metrics: /metrics and "
-            "reloads reach one process (README: Scaling)"
+            help="Server processes, each with its own copy of the models and its own batcher; "
+            "/metrics sums them and reloads reach all of them (README: Scaling)"
         ),
     ] = 1,
     graceful_timeout: Annotated[
@@ -27,28 +27,33 @@ def serve(
     ] = 30.0,
 ) -> None:
     """Serve the model repository over HTTP (settings from LATENTSERVE_* variables)."""
+    import contextlib
     import os
+    import tempfile
 
     import uvicorn
 
     if models is not None:
         os.environ["LATENTSERVE_MODEL_REPOSITORY"] = str(models)
-    if workers > 1:
-        typer.echo(
-            f"{workers} worker processes: each loads its own copy of the models; /metrics and "
-            "POST /models/reload reach whichever process takes the request",
-            err=True,
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            # Shared by the worker processes: reload announcements and the Prometheus files
+            # that let /metrics sum all workers. Both variables must be set before the workers
+            # start (prometheus_client reads its variable at import).
+            shared = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="latentserve-")))
+            (shared / "prometheus").mkdir()
+            os.environ["LATENTSERVE_SHARED_STATE_DIR"] = str(shared)
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(shared / "prometheus")
+        uvicorn.run(
+            "service.api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=int(graceful_timeout),
         )
-    uvicorn.run(
-        "service.api.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=int(graceful_timeout),
-    )
 
 
 @cli.command()

@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     to; bounds the memory a single request can take (2**25 float32 = 128 MiB per array)."""
     max_interpolation_steps: int = Field(default=256, ge=2)
 
+    shared_state_dir: Path | None = None
+    """Set by `serve --workers N` (not by hand): a directory the worker processes share for
+    reload announcements and Prometheus multiprocess files."""
+
     # -- security and logging ------------------------------------------------------------------
     api_key: SecretStr | None = None
     """If set, every route but health, readiness and metrics needs `Authorization: Bearer <key>`."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import APIRouter, Depends, Request
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from service.api.deps import MetricsDep, RepositoryDep, SettingsDep, require_api_key
@@ -11,6 +11,7 @@ from service.api.schemas import ErrorBody, Health, ModelInfo, ModelList, PartInf
 from service.errors import ModelNotFound
 from service.manifest import PartRole
 from service.runtime.model import GenerativeModel
+from service.runtime.peers import RESCAN, ReloadSignals
 from service.runtime.repository import LoadFailure, ModelRepository
 
 models_router = APIRouter(dependencies=[Depends(require_api_key)], tags=["models"])
@@ -99,13 +100,24 @@ async def get_model(name: str, repo: RepositoryDep) -> ModelInfo:
     summary="Load the model's folder again and swap it in",
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
 )
-async def reload_model(name: str, repo: RepositoryDep) -> ModelInfo:
+async def reload_model(
+    name: str, request: Request, repo: RepositoryDep, metrics: MetricsDep
+) -> ModelInfo:
     """The new version serves once fully loaded; requests in flight finish on the old one. A
-    version that fails to load leaves the old one serving (409)."""
+    version that fails to load leaves the old one serving (409). Under `serve --workers N` the
+    other processes follow within a second."""
     model = await repo.reload(name)
+    metrics.observe_repository(repo)
     if name in repo.failures:  # it had never loaded and still does not
         return describe_failure(repo.failures[name])
+    _announce(request, name)
     return describe(model, full=True)
+
+
+def _announce(request: Request, target: str) -> None:
+    signals: ReloadSignals | None = getattr(request.app.state, "reload_signals", None)
+    if signals is not None:
+        signals.announce(target)
 
 
 @models_router.post(
@@ -113,8 +125,12 @@ async def reload_model(name: str, repo: RepositoryDep) -> ModelInfo:
     response_model=ModelList,
     summary="Rescan the repository: load new models, reload changed ones",
 )
-async def reload_all(repo: RepositoryDep, settings: SettingsDep) -> ModelList:
+async def reload_all(
+    request: Request, repo: RepositoryDep, settings: SettingsDep, metrics: MetricsDep
+) -> ModelList:
     await repo.load_all()
+    metrics.observe_repository(repo)
+    _announce(request, RESCAN)
     return ModelList(default_model=settings.default_model, models=_all(repo))
 
 
@@ -141,6 +157,5 @@ async def readyz(repo: RepositoryDep) -> Response:
 
 @probes_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(repo: RepositoryDep, metrics: MetricsDep) -> Response:
-    metrics.models_loaded.set(len(repo.models))
-    metrics.models_failed.set(len(repo.failures))
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    metrics.observe_repository(repo)
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import os
@@ -22,6 +23,7 @@ from service.api.metrics import Metrics
 from service.api.middleware import RequestContextMiddleware
 from service.logs import configure_logging
 from service.runtime.batching import BatchingConfig
+from service.runtime.peers import ReloadSignals
 from service.runtime.repository import ModelRepository
 from service.runtime.sessions import SessionConfig
 from service.settings import Settings, get_settings
@@ -84,6 +86,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     await repo.load_all()
     app.state.repository = repo
+    metrics: Metrics = app.state.metrics
+    metrics.observe_repository(repo)
+    follower: asyncio.Task[None] | None = None
+    app.state.reload_signals = None
+    if settings.shared_state_dir is not None:
+        signals = ReloadSignals(settings.shared_state_dir / "reloads")
+        app.state.reload_signals = signals
+        follower = asyncio.create_task(
+            signals.follow(repo, after_change=lambda: metrics.observe_repository(repo))
+        )
     log.info(
         "serving %d model(s) from %s: %s",
         len(repo.models),
@@ -93,8 +105,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if follower is not None:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
         await repo.close()
         executor.shutdown(wait=True)
+        metrics.process_exiting()
         log.info("shut down")
 
 

@@ -1,10 +1,32 @@
-"""Prometheus metrics, one registry per app (so several apps in one process stay apart)."""
+"""Prometheus metrics, one registry per app (so several apps in one process stay apart).
+
+Under `serve --workers N` the processes write their values to files in PROMETHEUS_MULTIPROC_DIR
+(prometheus_client's multiprocess mode) and /metrics, in whichever process answers, sums the
+counters and histograms of all of them.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+if TYPE_CHECKING:
+    from service.runtime.repository import ModelRepository
+
+
+def _multiprocess() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
@@ -54,10 +76,41 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.models_loaded = Gauge("latentserve_models_loaded", "Models serving", registry=r)
-        self.models_failed = Gauge(
-            "latentserve_models_failed", "Models that failed to load", registry=r
+        # Gauges: the largest value among live processes (they load the same repository).
+        self.models_loaded = Gauge(
+            "latentserve_models_loaded", "Models serving", registry=r, multiprocess_mode="livemax"
         )
+        self.models_failed = Gauge(
+            "latentserve_models_failed",
+            "Models that failed to load",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.processes = Gauge(
+            "latentserve_process_up",
+            "1 per serving process (one series per pid under --workers)",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+
+    def observe_repository(self, repo: ModelRepository) -> None:
+        """Set the model gauges; called at startup, after reloads and on every scrape."""
+        self.models_loaded.set(len(repo.models))
+        self.models_failed.set(len(repo.failures))
+        self.processes.set(1)
+
+    def exposition(self) -> bytes:
+        """The text /metrics returns: this app's registry, or every worker's values summed."""
+        if _multiprocess():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+    def process_exiting(self) -> None:
+        """Drop this process's live gauges from the shared files."""
+        if _multiprocess():
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     def batch_done(
         self, part: str, requests: int, rows: int, queue_s: Sequence[float], run_s: float
