@@ -204,6 +204,18 @@ def test_tabular_vae_is_trained_exported_and_served_in_raw_units(
             err = np.abs(recon - normal).mean(0) / normal.std(0)
             assert np.all(err < 0.5), err  # raw units back, close to the inputs
 
+            for bad, field in [
+                ({"inputs": normal[:2, :2].tolist()}, "inputs"),
+                ({"inputs": [["a", "b", "c"]]}, "inputs"),
+                ({"images": ["iVBORw0KGgo="]}, "images"),
+            ]:
+                r = await client.post("/anomaly-score", json={"model": "sensors", **bad})
+                assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
+            r = await client.post(
+                "/sample", json={"model": "sensors", "n": 2}, headers={"accept": "image/png"}
+            )
+            assert r.status_code == 406, r.text
+
             huge = normal[:2].tolist()
             huge[1][1] = 1e38  # finite in float32, infinite once divided by the flow's scale
             r = await client.post("/anomaly-score", json={"model": "sensors", "inputs": huge})
