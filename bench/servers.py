@@ -5,7 +5,8 @@
 - `service-nobatch`: the same with `LATENTSERVE_BATCHING=false`.
 - `naive`: the baseline app in `bench/naive_server.py`.
 
-Startup is timed from spawning the process to the first 200 from `/readyz`.
+Startup is timed from spawning the process to the first 200 from `/readyz`. The tests' live
+server (`tests/conftest.py`) is this same `Server`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 import httpx
 
@@ -48,9 +49,9 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 60.0) -> Server:
+    def start(self, timeout_s: float = 60.0) -> Self:
         # a file, not a pipe: a pipe nobody reads fills up and blocks the server's logging
-        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{self.system}-", suffix=".log")
+        self.log = tempfile.NamedTemporaryFile(prefix=f"{self.system}-", suffix=".log")
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             [*self.command, "--port", str(self.port)],
@@ -62,7 +63,7 @@ class Server:
         deadline = t0 + timeout_s
         while time.perf_counter() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.system} exited early:\n{self.output()}")
+                raise RuntimeError(f"{self.system} exited early:\n{self.output()[-4000:]}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
                     self.startup_s = time.perf_counter() - t0
@@ -74,11 +75,13 @@ class Server:
         raise RuntimeError(f"{self.system} did not become ready in {timeout_s} s")
 
     def output(self) -> str:
+        """Everything the server logged so far."""
         if self.log is None:
             return ""
-        return Path(self.log.name).read_text(errors="replace")[-4000:]
+        return Path(self.log.name).read_text(errors="replace")
 
-    def stop(self) -> None:
+    def stop(self) -> str:
+        """Terminate (SIGTERM, then SIGKILL after 30 s) and return the whole log."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -87,9 +90,11 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        out = self.output()
         if self.log is not None:
-            self.log.close()
+            self.log.close()  # deletes the file
             self.log = None
+        return out
 
 
 def make_server(

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.servers import Server
 from service.api.app import create_app
 from service.settings import Settings
 
@@ -79,81 +76,16 @@ def app_with():
     return factory
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class LiveServer(Server):
+    """A real `python -m service serve` on 127.0.0.1 on the CPU; `args` adds `serve` options,
+    e.g. ("--workers", "2"). Spawning, the wait for /readyz and stopping are the benchmark's."""
 
-
-class LiveServer:
-    def __init__(
-        self, env: dict[str, str], port: int | None = None, args: tuple[str, ...] = ()
-    ) -> None:
-        self.args = args  # more `serve` options, e.g. ("--workers", "2")
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "LATENTSERVE_PROVIDERS": "cpu",
-            "LATENTSERVE_LOG_LEVEL": "INFO",
-            **env,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.startup_s = 0.0
-        # a file, not a pipe: a pipe nobody reads fills up and blocks the server's logging
-        self.log = tempfile.NamedTemporaryFile(prefix="latentserve-", suffix=".log", delete=False)
-
-    def start(self, timeout: float = 30.0) -> LiveServer:
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                *self.args,
-            ],
-            env=self.env,
-            cwd=ROOT,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+        super().__init__(
+            "latentserve",
+            [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", *args],
+            {**os.environ, "LATENTSERVE_PROVIDERS": "cpu", "LATENTSERVE_LOG_LEVEL": "INFO", **env},
         )
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    self.startup_s = time.perf_counter() - t0
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("server did not become ready")
-
-    def stop(self) -> str:
-        if self.proc is None:
-            return ""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        self.log.close()
-        out = self.output()
-        Path(self.log.name).unlink(missing_ok=True)
-        return out
-
-    def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
 
 
 @pytest.fixture(scope="session")

@@ -85,7 +85,7 @@ def test_async_sdk_and_batching_is_visible_in_metrics(live_server: LiveServer) -
 
 
 def test_connection_refused_is_a_clear_client_error() -> None:
-    from tests.conftest import free_port
+    from bench.servers import free_port
 
     with Client(f"http://127.0.0.1:{free_port()}", timeout=2) as c:
         assert not c.ready()

@@ -71,7 +71,7 @@ async def test_a_rescan_in_one_process_loads_new_models_in_the_others(
 @pytest.mark.e2e
 def test_two_worker_processes_sum_metrics_and_follow_reloads(model_copy: Path) -> None:
     env = {"LATENTSERVE_MODEL_REPOSITORY": str(model_copy), "LATENTSERVE_LOG_LEVEL": "WARNING"}
-    server = LiveServer(env, args=("--workers", "2")).start(timeout=60)
+    server = LiveServer(env, args=("--workers", "2")).start(timeout_s=60)
     try:
         n = 40
         for seed in range(n):  # a new connection each time, so both processes take some
