@@ -150,8 +150,11 @@ def load_image_folder(
 ) -> Splits:
     """Images under `root`, one subfolder per class (labels are the sorted subfolder names), or
     directly in `root` (one class). Every image is converted to grayscale or RGB and resized to
-    `image_shape` (channels, height, width); 10% validation, 20% test, seeded."""
+    `image_shape` (channels, height, width) by the service's own conversion, so a model sees the
+    same pixels in training as in an upload; 10% validation, 20% test, seeded."""
     from PIL import Image
+
+    from service.api.codecs import image_to_array
 
     c, h, w = image_shape
     if c not in (1, 3):
@@ -167,11 +170,7 @@ def load_image_folder(
     x = np.empty((len(files), c, h, w), dtype=np.float32)
     for row, (path, _) in enumerate(files):
         with Image.open(path) as opened:
-            img = opened.convert("L" if c == 1 else "RGB")
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32) / 255.0
-        x[row] = arr[None] if c == 1 else arr.transpose(2, 0, 1)
+            x[row] = image_to_array(opened, image_shape, (0.0, 1.0))
     y = np.array([label for _, label in files], dtype=np.int64)
     data = x.reshape(len(x), -1) if flat else x
     train, val, test = _split_by_index(data, y, (0.1, 0.2), seed)

@@ -63,17 +63,25 @@ def decode_image(
     field: str,
 ) -> NDArray[np.float32]:
     """PNG/JPEG -> (C, H, W) float32 in the model's value range, resized to the model's size."""
-    c, h, w = image_shape
     try:
         with Image.open(io.BytesIO(_image_bytes(item, field))) as opened:
             if opened.width * opened.height > MAX_IMAGE_PIXELS:
                 raise InvalidInput("image is too large", field=field)
-            img = opened.convert("L" if c == 1 else "RGB")
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32) / 255.0
+            return image_to_array(opened, image_shape, value_range)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
         raise InvalidInput("is not a readable PNG or JPEG image", field=field) from None
+
+
+def image_to_array(
+    img: Image.Image, image_shape: tuple[int, int, int], value_range: tuple[float, float]
+) -> NDArray[np.float32]:
+    """Grayscale or RGB, bilinear resize to (C, H, W), scaled into `value_range`: the one
+    conversion for uploads and for training on image folders, so both see the same pixels."""
+    c, h, w = image_shape
+    img = img.convert("L" if c == 1 else "RGB")
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
     arr = arr[None] if c == 1 else arr.transpose(2, 0, 1)
     lo, hi = value_range
     return (lo + arr * (hi - lo)).astype(np.float32)
