@@ -14,7 +14,8 @@ from typing import Literal
 import numpy as np
 import orjson
 
-from service.api.codecs import NPY_MEDIA_TYPE, npy_bytes
+from service.api.codecs import NPY_MEDIA_TYPE
+from service.arrays import npy_bytes
 from service.manifest import Manifest
 
 Route = Literal["sample", "anomaly-score"]

@@ -8,7 +8,8 @@ LatentServeError                 500  internal_error
 ├── Unauthorized                 401  unauthorized
 ├── ModelNotFound                404  model_not_found
 ├── OperationNotSupported        422  operation_not_supported  (e.g. /encode on a GAN)
-├── Overloaded                   503  overloaded          (queue full; Retry-After)
+├── Overloaded                   503  overloaded          (queue wait too long; Retry-After)
+│   └── DeadlineExceeded         503  deadline_exceeded   (past the request's timeout)
 ├── ModelUnavailable             503  model_unavailable   (loading or failed)
 └── ModelLoadError               409  model_load_error    (on reload; else reported, skipped)
     └── ChecksumMismatch
@@ -70,6 +71,12 @@ class Overloaded(LatentServeError):
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(Overloaded):
+    """The request's timeout would pass (or passed) before the model could answer it."""
+
+    code = "deadline_exceeded"
 
 
 class ModelUnavailable(LatentServeError):

@@ -61,8 +61,16 @@ class Settings(BaseSettings):
     max_concurrent_batches: int = Field(default=2, ge=1)
     """Batches of one session that may run at once (Triton's instance count): 2 lets a second
     core compute while the first batch's results are serialised."""
-    max_queue_rows: int = Field(default=16384, ge=1)
-    """Rows waiting per session beyond which requests get 503 + Retry-After."""
+    max_queue_wait_ms: float = Field(default=2000.0, gt=0)
+    """Admission by time: a request is queued only while the expected wait of its model part's
+    queue (rows queued / the rows per second that part measures) stays under this; past it the
+    request gets 503 at once with a Retry-After computed from that wait."""
+    max_queue_rows: int = Field(default=65536, ge=1)
+    """Rows held in one part's queue at most, whatever the expected wait: a memory bound."""
+    request_timeout_s: float | None = Field(default=None, gt=0)
+    """Default timeout of an inference request (none: no limit but the queue wait). A request's
+    `X-Request-Timeout` header (seconds) overrides it; past it the answer is 503
+    `deadline_exceeded`, and a request that could not finish in time is refused at once."""
 
     # -- request limits ------------------------------------------------------------------------
     max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)

@@ -8,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from service.api.codecs import read_npy
+from service.arrays import read_npy
 from tests.conftest import AppClient
 
 NPY = "application/x-npy"
@@ -118,7 +118,7 @@ async def test_encode_npy_stacks_mean_and_log_var(
 async def test_npy_request_body(
     client: AppClient, digits_test: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    from service.api.codecs import npy_bytes
+    from service.arrays import npy_bytes
 
     x, _ = digits_test
     r = await client.post(

@@ -157,3 +157,66 @@ async def test_at_most_max_concurrent_batches_run_at_once(slots: int) -> None:
         np.testing.assert_array_equal(y, x)
     assert run.peak == slots
     assert sum(rows for _, rows in obs.calls) == 12 and max(rows for _, rows in obs.calls) == 2
+
+
+async def test_admission_by_expected_wait(executor) -> None:
+    """A call is admitted while queued rows / measured rate stays under the deadline; the
+    refusal's retry delay is the queue's expected wait, rounded up."""
+    run = Recorder(delay=0.1)  # 4 rows per 0.1 s batch: 40 rows/s per slot
+    cfg = BatchingConfig(max_batch_size=4, max_queue_rows=10_000, max_queue_wait_s=0.5)
+    b = Batcher("m/p", run, executor, cfg)
+    b.observe_rate(4, 0.1)
+    assert b.rows_per_second == pytest.approx(40.0)
+    tasks = [asyncio.create_task(b.run({"x": np.zeros((2, 2), np.float32)})) for _ in range(40)]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    served = [r for r in results if not isinstance(r, Exception)]
+    # 0.5 s at 40 rows/s admits about 20 rows (10 calls of 2), a batch or so more once running
+    assert 8 <= len(served) <= 16, len(served)
+    assert len(refused) == 40 - len(served)
+    assert all(r.retry_after_s >= 1 and "would wait about" in r.message for r in refused)
+    await b.close()
+
+
+async def test_rates_are_kept_per_batch_size(executor) -> None:
+    b = Batcher("m/p", Recorder(0), executor, BatchingConfig(max_batch_size=256))
+    assert b.expected_wait_s(1000) == 0.0  # unmeasured: no basis to refuse
+    b.observe_rate(1, 0.001)  # 1,000 rows/s in batches of one
+    b.observe_rate(256, 0.01)  # 25,600 rows/s in full batches
+    assert b.rows_per_second == pytest.approx(25_600)
+    # a deep queue runs in full batches; a short one takes the time interpolated between the
+    # measured sizes: 129 rows take 1 ms + (128 / 255) * 9 ms
+    assert b.expected_wait_s(2560) == pytest.approx(0.1)
+    assert b.expected_wait_s(1) == pytest.approx(0.001)
+    assert b.expected_wait_s(129) == pytest.approx(0.001 + 128 / 255 * 0.009)
+
+
+async def test_request_deadline_refuses_and_drops(executor) -> None:
+    from service.errors import DeadlineExceeded
+    from service.runtime.batching import request_deadline
+
+    b = Batcher("m/p", Recorder(0.05), executor, BatchingConfig(max_batch_size=4))
+    b.observe_rate(4, 0.1)  # 40 rows/s with one slot
+    blockers = [asyncio.create_task(b.run({"x": np.zeros((2, 2), np.float32)})) for _ in range(4)]
+    await asyncio.sleep(0)
+    token = request_deadline.set(time.perf_counter() + 0.01)
+    try:
+        with pytest.raises(DeadlineExceeded, match="past its timeout"):
+            await b.run({"x": np.zeros((2, 2), np.float32)})
+    finally:
+        request_deadline.reset(token)
+    await asyncio.gather(*blockers)
+    await b.close()
+
+
+async def test_large_call_on_an_idle_queue_is_admitted(executor) -> None:
+    """Admission weighs the wait ahead of a call, not its own size: on an idle server a call
+    larger than the queue cap, and slower than the queue-wait deadline, still runs."""
+    cfg = BatchingConfig(max_batch_size=4, max_queue_rows=8, max_queue_wait_s=0.01)
+    b = Batcher("m/p", Recorder(0.001), executor, cfg)
+    b.observe_rate(4, 0.1)  # 40 rows/s: 100 rows would take 2.5 s
+    out = await b.run({"x": np.ones((100, 2), np.float32)})
+    assert out[0].shape == (100, 2)
+    out = await b.run({"x": np.ones((3, 2), np.float32)})
+    assert out[0].shape == (3, 2)
+    await b.close()

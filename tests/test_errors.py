@@ -40,7 +40,7 @@ CASES = [
         "/anomaly-score",
         {"inputs": [ROW], "method": "discriminator"},
         422,
-        None,
+        "method",
         id="no-discriminator",
     ),
     pytest.param(

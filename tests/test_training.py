@@ -13,8 +13,9 @@ from service.manifest import Manifest
 from training.calibrate import load_exported, score
 from training.card import record_metrics, reproduce_commands, write_card
 from training.config import ModelConfig, TrainConfig
-from training.data import load_digits, read_idx
+from training.data import load_digits
 from training.export import export_checkpoint
+from training.idx import read_idx
 from training.losses import kl_to_standard_normal, reconstruction_nll
 from training.models import VAE
 from training.train import load_checkpoint, train

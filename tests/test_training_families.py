@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from service.capabilities import Capabilities, ScoreMethod
 from service.manifest import Manifest, PartRole
-from training.calibrate import calibrate, load_exported, methods_for
+from training.calibrate import calibrate, load_exported
 from training.config import ModelConfig, TrainConfig
 from training.data import load_digits
 from training.export import export_checkpoint
@@ -117,12 +118,12 @@ def test_dcgan_trains_exports_and_scores(image_digits, tmp_path: Path) -> None:
     folder = tmp_path / "dcgan"
     manifest = export_checkpoint(ckpt, folder, "dcgan")
     assert set(manifest.parts) == {PartRole.GENERATOR, PartRole.DISCRIMINATOR}
-    assert methods_for(manifest) == ("discriminator",)
-    manifest = calibrate(folder, image_digits.val, "digits val", methods=methods_for(manifest))
+    assert Capabilities.of(manifest).score_methods == (ScoreMethod.DISCRIMINATOR,)
+    manifest = calibrate(folder, image_digits.val, "digits val")
     assert Manifest.load(folder).calibration["discriminator"].n == len(image_digits.val)
     model = load_exported(folder)
     x = image_digits.test.x[:10]
-    scores = asyncio.run(model.anomaly_scores(x, "discriminator")).scores
+    scores = asyncio.run(model.anomaly_scores(x, ScoreMethod.DISCRIMINATOR)).scores
     with torch.no_grad():
         logit = ckpt.model.discriminator(torch.from_numpy(x)).numpy()[:, 0]
     np.testing.assert_allclose(scores, np.logaddexp(0, -logit), rtol=1e-4, atol=1e-5)

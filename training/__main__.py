@@ -157,7 +157,6 @@ def export(
 ) -> None:
     """Export CHECKPOINT to ONNX, check it against PyTorch, calibrate and write the model card."""
     from training.calibrate import calibrate as run_calibration
-    from training.calibrate import methods_for
     from training.card import reproduce_commands, write_card, write_sample_grid
     from training.export import export_checkpoint
     from training.train import load_checkpoint
@@ -178,7 +177,6 @@ def export(
         out,
         splits.served(splits.val),
         f"{tc.dataset} validation split",
-        methods=methods_for(manifest),
         percentile=calibrate_percentile,
     )
     if manifest.input.image_shape is not None:
@@ -199,7 +197,6 @@ def calibrate(
     """Recompute the anomaly thresholds of MODEL_DIR on a validation split."""
     from service.manifest import Manifest
     from training.calibrate import calibrate as run_calibration
-    from training.calibrate import methods_for
     from training.data import load_dataset
 
     manifest = Manifest.load(model_dir)
@@ -216,7 +213,6 @@ def calibrate(
         model_dir,
         splits.served(splits.val),
         f"{dataset} validation split",
-        methods=methods_for(manifest),
         percentile=percentile,
     )
     for c in manifest.calibration.values():
@@ -242,6 +238,7 @@ def evaluate(
     """Likelihood (VAEs) and sample quality (every model that samples) of an exported model."""
     import json
 
+    from service.capabilities import Capabilities, ScoreMethod
     from service.manifest import Manifest
     from training.calibrate import load_exported
     from training.classifier import load_or_train
@@ -259,7 +256,7 @@ def evaluate(
     report: dict[str, float] = {}
     if dataset == "arrays":
         report.update(tabular_scores(load_exported(model_dir), splits.served(splits.test), k=k))
-    elif manifest.kind.value in ("vae", "cvae") and not manifest.conditional:
+    elif ScoreMethod.IWAE in Capabilities.of(manifest).score_methods and not manifest.conditional:
         report.update(likelihood_metrics(load_exported(model_dir), splits.test, k=k, n=n))
     if manifest.input.image_shape is not None and dataset in ("mnist", "fashion-mnist"):
         clf = load_or_train(classifier, splits.train)

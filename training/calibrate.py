@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from service.capabilities import ScoreMethod
 from service.manifest import Calibration, Manifest
 from service.runtime.batching import BatchingConfig
-from service.runtime.model import GenerativeModel, ScoreMethod
+from service.runtime.model import GenerativeModel
 from service.runtime.sessions import SessionConfig
 from training.data import Split
 
@@ -30,19 +31,20 @@ def load_exported(folder: Path) -> GenerativeModel:
 def score(
     model: GenerativeModel,
     x: np.ndarray,
-    method: ScoreMethod,
+    method: ScoreMethod | str,
     y: np.ndarray | None = None,
     k: int = 16,
     batch_size: int = 512,
 ) -> np.ndarray:
     """Scores of `x` in batches, exactly as POST /anomaly-score computes them."""
+    score_method = ScoreMethod(method)
 
     async def run() -> np.ndarray:
         out = []
         for i in range(0, len(x), batch_size):
             labels = None if y is None or not model.manifest.conditional else y[i : i + batch_size]
             res = await model.anomaly_scores(
-                x[i : i + batch_size].astype(np.float32), method, k=k, seed=i, labels=labels
+                x[i : i + batch_size].astype(np.float32), score_method, k=k, seed=i, labels=labels
             )
             out.append(res.scores)
         return np.concatenate(out)
@@ -50,29 +52,20 @@ def score(
     return asyncio.run(run())
 
 
-def methods_for(manifest: Manifest) -> tuple[ScoreMethod, ...]:
-    """The scores a model serves: discriminator for GANs, reconstruction (+ elbo for VAEs)."""
-    if manifest.kind.value in ("gan", "cgan"):
-        return ("discriminator",) if "discriminator" in manifest.parts else ()
-    if manifest.kind.value == "ae":
-        return ("reconstruction",)
-    return ("reconstruction", "elbo")
-
-
 def calibrate(
     folder: Path,
     heldout: Split,
     dataset: str,
-    methods: tuple[ScoreMethod, ...] = ("reconstruction", "elbo"),
+    methods: tuple[ScoreMethod, ...] | None = None,
     percentile: float = 99.0,
 ) -> Manifest:
     """Add calibration for each method to the manifest in `folder` and save it."""
     model = load_exported(folder)
     calibration = dict(model.manifest.calibration)
-    for method in methods:
+    for method in methods if methods is not None else model.capabilities.score_methods:
         s = score(model, heldout.x, method, heldout.y)
-        calibration[method] = Calibration(
-            method=method,
+        calibration[method.value] = Calibration(
+            method=method.value,
             dataset=dataset,
             n=len(s),
             quantiles={f"{q:g}": float(np.quantile(s, q)) for q in QUANTILES},

@@ -9,8 +9,6 @@ service can take raw values.
 
 from __future__ import annotations
 
-import gzip
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.manifest import Normalization
+from training.idx import find_idx, read_idx
 
 FloatArray = NDArray[np.float32]
 IntArray = NDArray[np.int64]
@@ -89,28 +88,6 @@ def load_digits(seed: int = 0, flat: bool = True) -> Splits:
     return Splits("digits", train, val, test, (1, 8, 8), 10)
 
 
-def read_idx(path: Path) -> NDArray[np.uint8]:
-    """Read an IDX file (MNIST layout), gzipped or not, checking its magic number."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
-    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: header says {dims} but holds {arr.size} values")
-    return arr.reshape(dims)
-
-
-def _find_idx(data_dir: Path, stem: str) -> Path:
-    for candidate in (data_dir / f"{stem}.gz", data_dir / stem):
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(f"{stem}(.gz) not found in {data_dir}")
-
-
 def load_idx_dataset(
     data_dir: Path, name: str = "mnist", val_size: int = 5000, seed: int = 0, flat: bool = False
 ) -> Splits:
@@ -119,8 +96,8 @@ def load_idx_dataset(
     xs: dict[str, FloatArray] = {}
     ys: dict[str, IntArray] = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = read_idx(_find_idx(data_dir, f"{prefix}-images-idx3-ubyte"))
-        labels = read_idx(_find_idx(data_dir, f"{prefix}-labels-idx1-ubyte"))
+        images = read_idx(find_idx(data_dir, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(find_idx(data_dir, f"{prefix}-labels-idx1-ubyte"))
         x = (images.astype(np.float32) / 255.0)[:, None, :, :]
         xs[split] = x.reshape(len(x), -1) if flat else x
         ys[split] = labels.astype(np.int64)
@@ -154,7 +131,7 @@ def load_image_folder(
     same pixels in training as in an upload; 10% validation, 20% test, seeded."""
     from PIL import Image
 
-    from service.api.codecs import image_to_array
+    from service.images import image_to_array
 
     c, h, w = image_shape
     if c not in (1, 3):

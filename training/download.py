@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from training.data import read_idx
+from training.idx import read_idx
 
 FILES = (
     "train-images-idx3-ubyte",

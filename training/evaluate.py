@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.metrics import roc_auc_score
 
+from service.capabilities import ScoreMethod
 from service.runtime.model import GenerativeModel
 from training.calibrate import load_exported, score
 from training.classifier import SmallCNN, class_balance, frechet_distance, predict
@@ -35,10 +36,10 @@ def likelihood_metrics(
     data = binarized(test, seed)
     x = data.x[:n] if n else data.x
     t0 = time.perf_counter()
-    iwae = score(model, x, "iwae", k=k, batch_size=max(1, 4096 // k))
+    iwae = score(model, x, ScoreMethod.IWAE, k=k, batch_size=max(1, 4096 // k))
     seconds = time.perf_counter() - t0
-    elbo = score(model, x, "elbo", k=1, batch_size=512)
-    rec = score(model, test.x[: len(x)], "reconstruction", batch_size=512)
+    elbo = score(model, x, ScoreMethod.ELBO, k=1, batch_size=512)
+    rec = score(model, test.x[: len(x)], ScoreMethod.RECONSTRUCTION, batch_size=512)
     return {
         "test_images": float(len(x)),
         "iwae_k": float(k),
@@ -55,10 +56,10 @@ def tabular_scores(model: GenerativeModel, test: Split, k: int = 16) -> dict[str
     features are not binary, so the Bernoulli -ELBO is a fitting loss here, not a likelihood."""
     report = {
         "test_rows": float(len(test)),
-        "reconstruction_mean": float(score(model, test.x, "reconstruction").mean()),
+        "reconstruction_mean": float(score(model, test.x, ScoreMethod.RECONSTRUCTION).mean()),
     }
-    if model.kind.value == "vae":
-        report["neg_elbo_mean"] = float(score(model, test.x, "elbo", k=min(k, 64)).mean())
+    if ScoreMethod.ELBO in model.capabilities.score_methods:
+        report["neg_elbo_mean"] = float(score(model, test.x, ScoreMethod.ELBO, k=min(k, 64)).mean())
     return report
 
 
@@ -71,10 +72,10 @@ def one_class_auroc(folder: Path, test: Split, normal_class: int) -> dict[str, f
     """AUROC of each score for telling `normal_class` from every other class of the test set."""
     model = load_exported(folder)
     out = {}
-    for method in ("reconstruction", "elbo"):
+    for method in (ScoreMethod.RECONSTRUCTION, ScoreMethod.ELBO):
         s = score(model, test.x, method, k=16)
         normal = test.y == normal_class
-        out[method] = auroc(s[normal], s[~normal])
+        out[method.value] = auroc(s[normal], s[~normal])
     return out
 
 

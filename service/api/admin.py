@@ -7,9 +7,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
 from service.api.deps import MetricsDep, RepositoryDep, SettingsDep, require_api_key
-from service.api.schemas import ErrorBody, Health, ModelInfo, ModelList, PartInfo, Readiness
+from service.api.schemas import (
+    ErrorBody,
+    Health,
+    ModelInfo,
+    ModelList,
+    PartInfo,
+    QueueInfo,
+    Readiness,
+)
 from service.errors import ModelNotFound
-from service.manifest import PartRole
 from service.runtime.model import GenerativeModel
 from service.runtime.peers import RESCAN, ReloadSignals
 from service.runtime.repository import LoadFailure, ModelRepository
@@ -20,36 +27,21 @@ probes_router = APIRouter(tags=["probes"])
 
 def describe(model: GenerativeModel, full: bool = False) -> ModelInfo:
     m = model.manifest
-    ops = []
-    if model.has(PartRole.DECODER) or model.has(PartRole.GENERATOR):
-        ops += ["sample", "decode"]
-    if model.has(PartRole.ENCODER):
-        ops += ["encode", "reconstruct", "interpolate", "anomaly-score"]
-    elif model.has(PartRole.GENERATOR):
-        ops += ["interpolate"]
-    if model.has(PartRole.DISCRIMINATOR) and "anomaly-score" not in ops:
-        ops.append("anomaly-score")
-    methods = []
-    if model.has(PartRole.ENCODER):
-        methods.append("reconstruction")
-        if m.kind.value in ("vae", "cvae"):
-            methods += ["elbo", "iwae"]
-    if model.has(PartRole.DISCRIMINATOR):
-        methods.append("discriminator")
+    caps = model.capabilities
     return ModelInfo(
         name=m.name,
         version=m.version,
         kind=m.kind.value,
         status="ready",
         provider=model.provider,
-        precision=next(iter(model.parts.values())).precision,
+        precision=model.precision,
         input_shape=list(m.input.shape),
         image_shape=list(m.input.image_shape) if m.input.image_shape else None,
         value_range=list(m.input.value_range),
         latent_dim=m.latent_dim,
         num_classes=m.num_classes,
-        operations=ops,
-        score_methods=methods,
+        operations=[op.value for op in caps.operations],
+        score_methods=[method.value for method in caps.score_methods],
         parts=[
             PartInfo(
                 role=role.value,
@@ -61,6 +53,14 @@ def describe(model: GenerativeModel, full: bool = False) -> ModelInfo:
         ],
         calibration={k: c.model_dump() for k, c in m.calibration.items()},
         metrics=m.metrics,
+        queue={
+            role.value: QueueInfo(
+                rows_per_second=part.batcher.rows_per_second,
+                queued_rows=part.batcher.queued_rows,
+                expected_wait_s=part.batcher.expected_wait_s(),
+            )
+            for role, part in model.parts.items()
+        },
         manifest=m.model_dump(mode="json") if full else None,
     )
 

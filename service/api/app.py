@@ -23,6 +23,7 @@ from service.api.metrics import Metrics
 from service.api.middleware import RequestContextMiddleware
 from service.logs import configure_logging
 from service.runtime.batching import BatchingConfig
+from service.runtime.dataplane import DataPlane, RequestLimits
 from service.runtime.peers import ReloadSignals
 from service.runtime.repository import ModelRepository
 from service.runtime.sessions import SessionConfig
@@ -69,6 +70,17 @@ def batching_config(s: Settings) -> BatchingConfig:
         max_delay_ms=s.max_delay_ms,
         max_queue_rows=s.max_queue_rows,
         max_concurrent_batches=s.max_concurrent_batches,
+        max_queue_wait_s=s.max_queue_wait_ms / 1000.0,
+    )
+
+
+def request_limits(s: Settings) -> RequestLimits:
+    return RequestLimits(
+        max_samples=s.max_samples,
+        max_iwae_k=s.max_iwae_k,
+        max_sampled_values=s.max_sampled_values,
+        max_interpolation_steps=s.max_interpolation_steps,
+        request_timeout_s=s.request_timeout_s,
     )
 
 
@@ -86,6 +98,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     await repo.load_all()
     app.state.repository = repo
+    app.state.data_plane = DataPlane(repo, request_limits(settings), settings.default_model)
     metrics: Metrics = app.state.metrics
     metrics.observe_repository(repo)
     follower: asyncio.Task[None] | None = None

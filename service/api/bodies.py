@@ -16,7 +16,8 @@ from fastapi import Request
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
-from service.api.codecs import NPY_MEDIA_TYPE, read_npy
+from service.api.codecs import NPY_MEDIA_TYPE
+from service.arrays import read_npy
 from service.errors import InvalidInput, UnsupportedMediaType
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)

@@ -7,12 +7,14 @@ dependency per request for work that takes microseconds.
 from __future__ import annotations
 
 import hmac
+import math
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from service.api.metrics import Metrics
-from service.errors import Unauthorized
+from service.errors import InvalidInput, Unauthorized
+from service.runtime.dataplane import DataPlane
 from service.runtime.repository import ModelRepository
 from service.settings import Settings
 
@@ -37,12 +39,30 @@ RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-def serving_state(request: Request) -> tuple[ModelRepository, Settings]:
-    """The repository and settings of the app serving `request`. Inference routes call this
-    instead of declaring two dependencies: FastAPI's dependency resolution took a tenth of the
-    event loop's time per request under load (docs/benchmarks.md)."""
-    state = request.app.state
-    return state.repository, state.settings
+def data_plane(request: Request) -> DataPlane:
+    """The data plane of the app serving `request`. Inference routes call this instead of
+    declaring a dependency: FastAPI's dependency resolution took a tenth of the event loop's
+    time per request under load (docs/benchmarks.md)."""
+    plane: DataPlane = request.app.state.data_plane
+    return plane
+
+
+TIMEOUT_HEADER = "x-request-timeout"
+
+
+def request_timeout(request: Request) -> float | None:
+    """The request's own timeout in seconds, from the `X-Request-Timeout` header (None: the
+    server's default applies)."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise InvalidInput("must be a positive number of seconds", field="X-Request-Timeout")
+    return seconds
 
 
 async def require_api_key(request: Request) -> None:

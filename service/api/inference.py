@@ -1,22 +1,20 @@
 """Inference routes: POST /sample, /encode, /decode, /reconstruct, /interpolate, /anomaly-score.
 
-Each route parses the body (JSON, multipart or .npy), resolves the model, converts inputs to
-arrays checked against the manifest, calls the runtime, and renders the result in the media type
-the client accepts (JSON, .npy, or PNG)."""
+Each route parses the body (JSON, multipart or .npy) into its schema, makes one call to the data
+plane (which owns every rule about models and requests), and renders the result in the media
+type the client accepts (JSON, .npy, or PNG)."""
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
-from numpy.typing import NDArray
 from starlette.responses import Response
 
 from service.api import codecs
 from service.api.bodies import openapi_body, read_body
-from service.api.deps import require_api_key, serving_state
+from service.api.deps import data_plane, request_timeout, require_api_key
 from service.api.schemas import (
     AnomalyScoreRequest,
     AnomalyScoreResponse,
@@ -30,104 +28,67 @@ from service.api.schemas import (
     SampleRequest,
     SampleResponse,
 )
-from service.errors import InvalidInput, PayloadTooLarge
-from service.logs import model_var
+from service.arrays import npy_bytes
+from service.errors import InvalidInput
+from service.images import png_base64_list, png_grid
+from service.runtime.dataplane import Examples, Generated
 from service.runtime.model import GenerativeModel
-from service.runtime.repository import ModelRepository
-from service.settings import Settings
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["inference"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (401, 404, 406, 413, 415, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 404, 406, 413, 415, 422, 503)
 }
 IMAGE_OUTPUTS = (codecs.JSON_MEDIA_TYPE, codecs.NPY_MEDIA_TYPE, codecs.PNG_MEDIA_TYPE)
 ARRAY_OUTPUTS = (codecs.JSON_MEDIA_TYPE, codecs.NPY_MEDIA_TYPE)
-F32 = NDArray[np.float32]
+NO_STORE = "no-store"  # outputs depend on the model version behind the name: never cache them
 
 
 def _docs(schema: type, array_field: str = "inputs") -> dict[str, Any]:
     return {"responses": _ERRORS, "openapi_extra": openapi_body(schema, array_field)}
 
 
-def _model(repo: ModelRepository, settings: Settings, name: str | None) -> GenerativeModel:
-    name = name or settings.default_model
-    if not name:
-        raise InvalidInput("no model named and the server has no default model", field="model")
-    model_var.set(name)  # every log record of this request names the model
-    return repo.get(name)
+def _examples(body: Any) -> Examples:
+    return Examples(arrays=body.inputs, images=body.images)
 
 
-def _check_count(n: int, settings: Settings, field: str) -> None:
-    if n > settings.max_samples:
-        raise PayloadTooLarge(
-            f"at most {settings.max_samples} examples per request, got {n}", field=field
-        )
-
-
-def _check_expansion(values: int, settings: Settings, field: str) -> None:
-    if values > settings.max_sampled_values:
-        raise PayloadTooLarge(
-            f"this request would expand to {values} values (inputs x samples x size), more than "
-            f"the limit of {settings.max_sampled_values}; send fewer inputs or a smaller {field}",
-            field=field,
-        )
-
-
-def _inputs(model: GenerativeModel, body: Any, settings: Settings) -> F32:
-    """The request's examples from `inputs` arrays or `images`, validated against the manifest."""
-    spec = model.manifest.input
-    if body.images is not None:
-        _check_count(len(body.images), settings, "images")
-        x = codecs.decode_images(
-            body.images, spec.image_shape, spec.value_range, tuple(spec.shape), "images"
-        )
-        return model.check_inputs(x, "images")
-    x = codecs.to_array(body.inputs, "inputs")
-    checked = model.check_inputs(x, "inputs")
-    _check_count(len(checked), settings, "inputs")
-    return checked
-
-
-def _labels(model: GenerativeModel, raw: Any, n: int) -> NDArray[np.int64] | None:
-    if raw is None:
-        return model.check_labels(None, n)
-    if isinstance(raw, int | float):
-        raw = [raw]
-    return model.check_labels(codecs.to_array(raw, "labels", np.int64), n)
+def _headers(model: GenerativeModel) -> dict[str, str]:
+    return {"X-Model": model.name, "X-Model-Version": model.version, "Cache-Control": NO_STORE}
 
 
 def _render_examples(
     request: Request,
-    model: GenerativeModel,
-    x: F32,
+    result: Generated,
     output_format: str,
+    scale: int,
     fields: dict[str, Any],
     array_key: str,
 ) -> Response:
     """JSON (arrays or base64 PNGs), .npy, or one PNG grid, by the Accept header."""
+    model, x = result.model, result.outputs
     image_shape = model.manifest.input.image_shape
-    offered = IMAGE_OUTPUTS if image_shape is not None else ARRAY_OUTPUTS
+    offered = IMAGE_OUTPUTS if model.capabilities.image_outputs else ARRAY_OUTPUTS
     media = codecs.negotiate(request.headers.get("accept"), offered)
     vr = model.manifest.input.value_range
-    headers = {"X-Model": model.name, "X-Model-Version": model.manifest.version}
-    if "seed" in fields:
-        headers["X-Seed"] = str(fields["seed"])
+    headers = _headers(model)
+    if result.seed is not None:
+        headers["X-Seed"] = str(result.seed)
     if media == codecs.NPY_MEDIA_TYPE:
-        return Response(codecs.npy_bytes(x), media_type=media, headers=headers)
+        return Response(npy_bytes(x), media_type=media, headers=headers)
     if media == codecs.PNG_MEDIA_TYPE:
         assert image_shape is not None
-        return Response(codecs.png_grid(x, image_shape, vr), media_type=media, headers=headers)
-    body: dict[str, Any] = {
-        "model": model.name,
-        "version": model.manifest.version,
-        **fields,
-        "shape": list(x.shape),
-    }
+        return Response(
+            png_grid(x, image_shape, vr, scale=scale), media_type=media, headers=headers
+        )
+    body: dict[str, Any] = {"model": model.name, "version": model.version}
+    if result.seed is not None:
+        body["seed"] = result.seed
+    body.update(fields)
+    body["shape"] = list(x.shape)
     if output_format == "png":
         if image_shape is None:
             raise InvalidInput("this model's outputs are not images", field="output_format")
-        body["images"] = codecs.png_base64_list(x, image_shape, vr)
+        body["images"] = png_base64_list(x, image_shape, vr, scale=scale)
     else:
         body[array_key] = x
     return Response(codecs.dumps_json(body), media_type=codecs.JSON_MEDIA_TYPE, headers=headers)
@@ -140,17 +101,17 @@ def _render_examples(
     **_docs(SampleRequest),
 )
 async def sample(request: Request) -> Response:
-    repo, settings = serving_state(request)
     body = await read_body(request, SampleRequest)
-    model = _model(repo, settings, body.model)
-    _check_count(body.n, settings, "n")
-    labels = _labels(model, body.labels, body.n)
-    seed = body.seed if body.seed is not None else secrets.randbits(63)
-    x, z = await model.sample(body.n, seed, body.temperature, labels)
-    fields: dict[str, Any] = {"seed": seed}
-    if body.return_latents:
-        fields["latents"] = z
-    return _render_examples(request, model, x, body.output_format, fields, "samples")
+    result = await data_plane(request).sample(
+        body.model,
+        n=body.n,
+        seed=body.seed,
+        temperature=body.temperature,
+        labels=body.labels,
+        timeout_s=request_timeout(request),
+    )
+    fields = {"latents": result.latents} if body.return_latents else {}
+    return _render_examples(request, result, body.output_format, body.scale, fields, "samples")
 
 
 @router.post(
@@ -160,29 +121,29 @@ async def sample(request: Request) -> Response:
     **_docs(EncodeRequest),
 )
 async def encode(request: Request) -> Response:
-    repo, settings = serving_state(request)
     body = await read_body(request, EncodeRequest)
-    model = _model(repo, settings, body.model)
-    x = _inputs(model, body, settings)
-    labels = _labels(model, body.labels, len(x))
-    mean, log_var = await model.encode(x, labels)
     media = codecs.negotiate(request.headers.get("accept"), ARRAY_OUTPUTS)
+    result = await data_plane(request).encode(
+        body.model,
+        _examples(body),
+        labels=body.labels,
+        samples_per_input=body.samples_per_input if media == codecs.JSON_MEDIA_TYPE else 0,
+        seed=body.seed,
+        timeout_s=request_timeout(request),
+    )
+    headers = _headers(result.model)
     if media == codecs.NPY_MEDIA_TYPE:  # (2, n, latent_dim): mean then log_var
-        return Response(codecs.npy_bytes(np.stack([mean, log_var])), media_type=media)
+        stacked = np.stack([result.mean, result.log_var])
+        return Response(npy_bytes(stacked), media_type=media, headers=headers)
     out: dict[str, Any] = {
-        "model": model.name,
-        "version": model.manifest.version,
-        "mean": mean,
-        "log_var": log_var,
+        "model": result.model.name,
+        "version": result.model.version,
+        "mean": result.mean,
+        "log_var": result.log_var,
     }
-    if body.samples_per_input:
-        _check_expansion(
-            len(x) * body.samples_per_input * mean.shape[1], settings, "samples_per_input"
-        )
-        rng = np.random.default_rng(body.seed)
-        eps = rng.standard_normal((len(x), body.samples_per_input, mean.shape[1]), dtype=np.float32)
-        out["z"] = mean[:, None, :] + np.exp(0.5 * log_var)[:, None, :] * eps
-    return Response(codecs.dumps_json(out), media_type=codecs.JSON_MEDIA_TYPE)
+    if result.z is not None:
+        out["z"] = result.z
+    return Response(codecs.dumps_json(out), media_type=codecs.JSON_MEDIA_TYPE, headers=headers)
 
 
 @router.post(
@@ -192,13 +153,11 @@ async def encode(request: Request) -> Response:
     **_docs(DecodeRequest, "z"),
 )
 async def decode(request: Request) -> Response:
-    repo, settings = serving_state(request)
     body = await read_body(request, DecodeRequest, array_field="z")
-    model = _model(repo, settings, body.model)
-    z = model.check_latents(codecs.to_array(body.z, "z"))
-    _check_count(len(z), settings, "z")
-    x = await model.decode(z, _labels(model, body.labels, len(z)))
-    return _render_examples(request, model, x, body.output_format, {}, "outputs")
+    result = await data_plane(request).decode(
+        body.model, body.z, labels=body.labels, timeout_s=request_timeout(request)
+    )
+    return _render_examples(request, result, body.output_format, body.scale, {}, "outputs")
 
 
 @router.post(
@@ -208,12 +167,11 @@ async def decode(request: Request) -> Response:
     **_docs(ReconstructRequest),
 )
 async def reconstruct(request: Request) -> Response:
-    repo, settings = serving_state(request)
     body = await read_body(request, ReconstructRequest)
-    model = _model(repo, settings, body.model)
-    x = _inputs(model, body, settings)
-    x_hat = await model.reconstruct(x, _labels(model, body.labels, len(x)))
-    return _render_examples(request, model, x_hat, body.output_format, {}, "outputs")
+    result = await data_plane(request).reconstruct(
+        body.model, _examples(body), labels=body.labels, timeout_s=request_timeout(request)
+    )
+    return _render_examples(request, result, body.output_format, body.scale, {}, "outputs")
 
 
 @router.post(
@@ -223,26 +181,19 @@ async def reconstruct(request: Request) -> Response:
     **_docs(InterpolateRequest),
 )
 async def interpolate(request: Request) -> Response:
-    repo, settings = serving_state(request)
     body = await read_body(request, InterpolateRequest)
-    model = _model(repo, settings, body.model)
-    if body.steps > settings.max_interpolation_steps:
-        raise PayloadTooLarge(f"at most {settings.max_interpolation_steps} steps", field="steps")
-    if body.z is not None:
-        z = model.check_latents(codecs.to_array(body.z, "z"))
-        field, count = "z", len(z)
-    else:
-        x = _inputs(model, body, settings)
-        field, count = ("images" if body.images is not None else "inputs"), len(x)
-    if count != 2:
-        raise InvalidInput(f"give exactly two examples (start and end), got {count}", field=field)
-    labels = _labels(model, body.labels, 2)
-    if body.z is None:
-        z, _ = await model.encode(x, labels)
-    x_path, z_path = await model.interpolate(z[0], z[1], body.steps, body.mode, labels)
-    return _render_examples(
-        request, model, x_path, body.output_format, {"latents": z_path}, "outputs"
+    from_examples = body.inputs is not None or body.images is not None
+    result = await data_plane(request).interpolate(
+        body.model,
+        examples=_examples(body) if from_examples else None,
+        z=body.z,
+        steps=body.steps,
+        mode=body.mode,
+        labels=body.labels,
+        timeout_s=request_timeout(request),
     )
+    fields = {"latents": result.latents}
+    return _render_examples(request, result, body.output_format, body.scale, fields, "outputs")
 
 
 @router.post(
@@ -252,37 +203,32 @@ async def interpolate(request: Request) -> Response:
     **_docs(AnomalyScoreRequest),
 )
 async def anomaly_score(request: Request) -> Response:
-    repo, settings = serving_state(request)
     body = await read_body(request, AnomalyScoreRequest)
-    model = _model(repo, settings, body.model)
-    if body.k > settings.max_iwae_k:
-        raise PayloadTooLarge(f"k is at most {settings.max_iwae_k}", field="k")
-    x = _inputs(model, body, settings)
-    if body.method in ("elbo", "iwae"):
-        _check_expansion(len(x) * body.k * x[0].size, settings, "k")
-    labels = _labels(model, body.labels, len(x))
-    result = await model.anomaly_scores(x, body.method, body.k, body.seed, labels, body.per_pixel)
-    calibration = model.manifest.calibration.get(body.method)
-    if body.threshold is not None:
-        threshold, source = body.threshold, "request"
-    elif calibration is not None:
-        threshold, source = calibration.threshold, "calibration"
-    else:
-        threshold, source = None, "none"
-    headers = {"X-Model": model.name, "X-Model-Version": model.manifest.version}
-    if threshold is not None:
-        headers["X-Anomaly-Threshold"] = repr(threshold)
     media = codecs.negotiate(request.headers.get("accept"), ARRAY_OUTPUTS)
+    result = await data_plane(request).anomaly_score(
+        body.model,
+        _examples(body),
+        method=body.method,
+        k=body.k,
+        seed=body.seed,
+        labels=body.labels,
+        per_pixel=body.per_pixel,
+        threshold=body.threshold,
+        timeout_s=request_timeout(request),
+    )
+    headers = _headers(result.model)
+    if result.threshold is not None:
+        headers["X-Anomaly-Threshold"] = repr(result.threshold)
     if media == codecs.NPY_MEDIA_TYPE:
-        return Response(codecs.npy_bytes(result.scores), media_type=media, headers=headers)
+        return Response(npy_bytes(result.scores), media_type=media, headers=headers)
     out: dict[str, Any] = {
-        "model": model.name,
-        "version": model.manifest.version,
-        "method": body.method,
+        "model": result.model.name,
+        "version": result.model.version,
+        "method": result.method.value,
         "scores": result.scores,
-        "threshold": threshold,
-        "threshold_source": source,
-        "is_outlier": None if threshold is None else result.scores > threshold,
+        "threshold": result.threshold,
+        "threshold_source": result.threshold_source,
+        "is_outlier": result.is_outlier,
     }
     if result.per_pixel is not None:
         out["per_pixel"] = result.per_pixel

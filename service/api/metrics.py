@@ -86,6 +86,27 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.queue_rows = Gauge(
+            "latentserve_queue_rows",
+            "Rows waiting for a batch, per model part (at the last scrape)",
+            ["part"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.queue_expected_wait = Gauge(
+            "latentserve_queue_expected_wait_seconds",
+            "Queued rows / measured rows per second: what admission compares with its deadline",
+            ["part"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.part_rows_per_second = Gauge(
+            "latentserve_part_rows_per_second",
+            "Measured throughput of a model part with full batches in every slot",
+            ["part"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.processes = Gauge(
             "latentserve_process_up",
             "1 per serving process (one series per pid under --workers)",
@@ -98,6 +119,13 @@ class Metrics:
         self.models_loaded.set(len(repo.models))
         self.models_failed.set(len(repo.failures))
         self.processes.set(1)
+        for model in repo.models.values():
+            for part in model.parts.values():
+                b = part.batcher
+                self.queue_rows.labels(b.name).set(b.queued_rows)
+                self.queue_expected_wait.labels(b.name).set(b.expected_wait_s())
+                if b.rows_per_second is not None:
+                    self.part_rows_per_second.labels(b.name).set(b.rows_per_second)
 
     def exposition(self) -> bytes:
         """The text /metrics returns: this app's registry, or every worker's values summed."""

@@ -7,7 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.capabilities import ScoreMethod
+from service.runtime.dataplane import MAX_SEED, MAX_TEMPERATURE
+
 OutputFormat = Literal["array", "png"]
+MAX_PNG_SCALE = 16
 
 _MODEL = Field(
     default=None,
@@ -24,6 +28,14 @@ _OUTPUT_FORMAT: Any = Field(
     description="'array': nested float arrays; 'png': one base64 PNG per example. Send "
     "`Accept: image/png` for a single PNG grid, `Accept: application/x-npy` for binary.",
     examples=["array"],
+)
+_SCALE: Any = Field(
+    default=1,
+    ge=1,
+    le=MAX_PNG_SCALE,
+    description="PNG outputs only: each pixel drawn as a scale x scale block (crisp, not "
+    "blurred), e.g. 8 turns 8x8 digits into 64x64 images.",
+    examples=[1],
 )
 _INPUTS = Field(
     default=None,
@@ -66,26 +78,33 @@ class SampleRequest(_Request):
     seed: int | None = Field(
         default=None,
         ge=0,
-        lt=2**63,
+        lt=MAX_SEED,
         description="Seed for the latent draw; the same seed gives the same samples. "
         "A random one is chosen (and returned) when omitted.",
         examples=[42],
     )
     temperature: float = Field(
-        default=1.0, gt=0, le=10, description="Scale of z ~ N(0, temperature² I).", examples=[0.8]
+        default=1.0,
+        gt=0,
+        le=MAX_TEMPERATURE,
+        description="Scale of z ~ N(0, temperature² I).",
+        examples=[0.8],
     )
     labels: Any = _LABELS
     return_latents: bool = Field(
         default=False, description="Also return the latents z.", examples=[False]
     )
     output_format: OutputFormat = _OUTPUT_FORMAT
+    scale: int = _SCALE
 
 
 class EncodeRequest(_WithInputs):
     samples_per_input: int = Field(
         default=0, ge=0, description="Also draw this many z ~ q(z|x) per input.", examples=[0]
     )
-    seed: int = Field(default=0, ge=0, lt=2**63, description="Seed for the z draws.", examples=[0])
+    seed: int = Field(
+        default=0, ge=0, lt=MAX_SEED, description="Seed for the z draws.", examples=[0]
+    )
 
 
 class DecodeRequest(_Request):
@@ -93,10 +112,12 @@ class DecodeRequest(_Request):
     z: Any = Field(description="Latents, nested array [n, latent_dim].", examples=[[[0.0] * 8]])
     labels: Any = _LABELS
     output_format: OutputFormat = _OUTPUT_FORMAT
+    scale: int = _SCALE
 
 
 class ReconstructRequest(_WithInputs):
     output_format: OutputFormat = _OUTPUT_FORMAT
+    scale: int = _SCALE
 
 
 class InterpolateRequest(_Request):
@@ -124,6 +145,7 @@ class InterpolateRequest(_Request):
     )
     labels: Any = _LABELS
     output_format: OutputFormat = _OUTPUT_FORMAT
+    scale: int = _SCALE
 
     @model_validator(mode="after")
     def _one_source(self) -> InterpolateRequest:
@@ -133,8 +155,8 @@ class InterpolateRequest(_Request):
 
 
 class AnomalyScoreRequest(_WithInputs):
-    method: Literal["reconstruction", "elbo", "iwae", "discriminator"] = Field(
-        default="reconstruction",
+    method: ScoreMethod = Field(
+        default=ScoreMethod.RECONSTRUCTION,
         description="reconstruction: mean squared error of x against decode(mean(x)), "
         "deterministic. elbo: -ELBO in nats (k samples of q(z|x)). iwae: the importance-weighted "
         "bound on -log p(x) in nats (k samples; tighter as k grows). discriminator: -log D(x) "
@@ -145,7 +167,7 @@ class AnomalyScoreRequest(_WithInputs):
         default=16, ge=1, description="Samples per input for elbo and iwae.", examples=[64]
     )
     seed: int = Field(
-        default=0, ge=0, lt=2**63, description="Seed for elbo/iwae sampling.", examples=[0]
+        default=0, ge=0, lt=MAX_SEED, description="Seed for elbo/iwae sampling.", examples=[0]
     )
     threshold: float | None = Field(
         default=None,
@@ -240,6 +262,20 @@ class PartInfo(BaseModel):
     )
 
 
+class QueueInfo(BaseModel):
+    rows_per_second: float | None = Field(
+        description="Measured throughput of this part with full batches in every slot (null "
+        "before its first run).",
+        examples=[11790.0],
+    )
+    queued_rows: int = Field(description="Rows waiting for a batch now.", examples=[0])
+    expected_wait_s: float = Field(
+        description="queued_rows / rows_per_second: what admission compares with "
+        "LATENTSERVE_MAX_QUEUE_WAIT_MS.",
+        examples=[0.0],
+    )
+
+
 class ModelInfo(BaseModel):
     name: str = Field(description="Model name.", examples=["digits-vae"])
     version: str | None = Field(default=None, description="Model version.", examples=["1"])
@@ -287,6 +323,11 @@ class ModelInfo(BaseModel):
     )
     metrics: dict[str, float] = Field(
         default_factory=dict, description="Evaluation figures.", examples=[{"val_loss": 23.9}]
+    )
+    queue: dict[str, QueueInfo] = Field(
+        default_factory=dict,
+        description="Per part (encoder, decoder, ...): measured rate and queue, now.",
+        examples=[{}],
     )
     manifest: dict[str, Any] | None = Field(
         default=None, description="The full manifest (GET /models/{name} only).", examples=[None]

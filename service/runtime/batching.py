@@ -6,29 +6,45 @@ signature (trailing shapes and dtypes), up to `max_batch_size` rows, waiting at 
 back by row counts. At most `max_concurrent_batches` batches of one session run at once (like
 Triton's model instances: ONNX Runtime sessions are thread-safe); the next batch is formed only
 when a slot frees, so while every slot is busy newcomers queue and batches grow with load,
-without any wait at low load. The queue is bounded in rows: past `max_queue_rows` a call fails
-fast with `Overloaded` instead of queueing without end.
+without any wait at low load.
+
+Admission is by time, not by a row count: each session measures the rows per second its batches
+run at, and a call is admitted only while the queue's expected wait (the rows queued ahead of it
+over that rate) stays under `max_queue_wait_s`. Past it the call fails at once with
+`Overloaded` and a retry delay computed from that wait, so clients are told how long the queue
+needs instead of being queued behind work that would not finish in time. A call that carries a
+deadline (`request_deadline`, set by the data plane from the request's timeout) is refused when
+the expected wait and its own run would pass it, and dropped if its deadline passes while it
+waits. The rows queued are also capped (`max_queue_rows`) because they are held in memory; an
+empty queue takes any call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from service.errors import Overloaded
+from service.errors import DeadlineExceeded, Overloaded
 
 Feeds = dict[str, NDArray[np.generic]]
 Outputs = list[NDArray[np.generic]]
 RunFn = Callable[[Feeds], Outputs]
 Signature = tuple[tuple[str, tuple[int, ...], np.dtype[Any]], ...]
+
+request_deadline: ContextVar[float | None] = ContextVar("request_deadline", default=None)
+"""`time.perf_counter()` value by which the current request must be answered, or None."""
+
+_RATE_SMOOTHING = 0.2  # weight of the newest batch in the rows-per-second average
 
 
 class BatchObserver(Protocol):
@@ -44,8 +60,9 @@ class BatchingConfig:
     enabled: bool = True
     max_batch_size: int = 256
     max_delay_ms: float = 0.0
-    max_queue_rows: int = 16384
+    max_queue_rows: int = 65536
     max_concurrent_batches: int = 1
+    max_queue_wait_s: float = 2.0
 
 
 @dataclass
@@ -54,11 +71,17 @@ class _Call:
     rows: int
     signature: Signature
     future: asyncio.Future[Outputs]
+    deadline: float | None = None
     enqueued: float = field(default_factory=time.perf_counter)
 
 
 def signature_of(feeds: Feeds) -> Signature:
     return tuple((k, v.shape[1:], v.dtype) for k, v in sorted(feeds.items()))
+
+
+def _size_bucket(rows: int) -> int:
+    """The power of two at or above `rows`: batch sizes whose rates are kept apart."""
+    return 1 << (rows - 1).bit_length()
 
 
 def split_rows(outputs: Outputs, counts: Sequence[int]) -> list[Outputs]:
@@ -90,25 +113,93 @@ class Batcher:
         self._running: set[asyncio.Task[None]] = set()
         self._slots: asyncio.Semaphore | None = None  # created on the serving loop
         self._closed = False
+        self._rates: dict[int, float] = {}  # batch-size bucket -> smoothed rows/s of one batch
 
     @property
     def queued_rows(self) -> int:
         return self._queued_rows
 
+    @property
+    def rows_per_second(self) -> float | None:
+        """Measured throughput with full batches in every slot (None: never run)."""
+        rate = self._rate_for(self._cfg.max_batch_size)
+        return None if rate is None else rate * self._cfg.max_concurrent_batches
+
+    def observe_rate(self, rows: int, seconds: float) -> None:
+        """Fold one run of `rows` rows that took `seconds` into the rate of its batch size."""
+        if seconds <= 0 or rows <= 0:
+            return
+        bucket = _size_bucket(rows)
+        rate = rows / seconds
+        old = self._rates.get(bucket)
+        self._rates[bucket] = rate if old is None else old + _RATE_SMOOTHING * (rate - old)
+
+    def _rate_for(self, rows: int) -> float | None:
+        """Rows per second of one batch of `rows` rows: a batch's time is interpolated linearly
+        between the nearest measured sizes (a fixed cost per run plus a cost per row), and
+        beyond them the nearest size's rate is kept."""
+        if not self._rates:
+            return None
+        rows = max(1, min(rows, self._cfg.max_batch_size))
+        sizes = sorted(self._rates)
+        below = [b for b in sizes if b <= rows]
+        above = [b for b in sizes if b >= rows]
+        if not below or not above:
+            return self._rates[below[-1] if below else above[0]]
+        lo, hi = below[-1], above[0]
+        if lo == hi:
+            return self._rates[lo]
+        t_lo, t_hi = lo / self._rates[lo], hi / self._rates[hi]
+        seconds = t_lo + (t_hi - t_lo) * (rows - lo) / (hi - lo)
+        return rows / seconds
+
+    def expected_wait_s(self, rows: int = 0) -> float:
+        """Seconds until the queued rows, plus `rows` more, have run (0 before any measurement)."""
+        queued = self._queued_rows + rows
+        rate = self._rate_for(queued)
+        return 0.0 if rate is None else queued / (rate * self._cfg.max_concurrent_batches)
+
+    def _admit(self, rows: int) -> float | None:
+        """Refuse a call the queue cannot serve in time; return its deadline. What counts is
+        the wait ahead of the call: a large request on an idle server is always admitted."""
+        ahead = self.expected_wait_s()
+        retry_after = max(1.0, math.ceil(ahead))
+        queued = self._queued_rows
+        if queued and queued + rows > self._cfg.max_queue_rows:
+            raise Overloaded(
+                f"model {self.name} has {queued} rows queued, the most it holds; "
+                f"retry in {retry_after:.0f} s",
+                retry_after_s=retry_after,
+            )
+        if ahead > self._cfg.max_queue_wait_s:
+            raise Overloaded(
+                f"model {self.name} is busy: this request would wait about {ahead:.2f} s, more "
+                f"than the {self._cfg.max_queue_wait_s:g} s allowed; retry in {retry_after:.0f} s",
+                retry_after_s=retry_after,
+            )
+        deadline = request_deadline.get()
+        if deadline is not None and time.perf_counter() + self.expected_wait_s(rows) > deadline:
+            raise DeadlineExceeded(
+                f"model {self.name} would need about {self.expected_wait_s(rows):.2f} s for this "
+                f"request, past its timeout; retry in {retry_after:.0f} s",
+                retry_after_s=retry_after,
+            )
+        return deadline
+
     async def run(self, feeds: Feeds) -> Outputs:
         rows = int(next(iter(feeds.values())).shape[0])
-        if self._closed or not self._cfg.enabled or rows >= self._cfg.max_batch_size:
+        if self._closed or not self._cfg.enabled:
             # A closed batcher (its model was just replaced by a reload) still answers callers
             # that picked it up before the swap, one call at a time.
             return await self._execute_alone(feeds, rows)
-        if self._queued_rows + rows > self._cfg.max_queue_rows:
-            raise Overloaded(
-                f"model {self.name} has {self._queued_rows} rows queued; try again shortly",
-                retry_after_s=1.0,
-            )
+        deadline = self._admit(rows)
+        if rows >= self._cfg.max_batch_size:  # a batch already: it runs alone
+            return await self._execute_alone(feeds, rows)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._work())
-        call = _Call(feeds, rows, signature_of(feeds), asyncio.get_running_loop().create_future())
+        call = _Call(
+            feeds, rows, signature_of(feeds), asyncio.get_running_loop().create_future(), deadline
+        )
         self._queue.append(call)
         self._queued_rows += rows
         self._wakeup.set()
@@ -117,8 +208,10 @@ class Batcher:
     async def _execute_alone(self, feeds: Feeds, rows: int) -> Outputs:
         t0 = time.perf_counter()
         out = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, feeds)
+        run_s = time.perf_counter() - t0
+        self.observe_rate(rows, run_s)
         if self._observer is not None:
-            self._observer.batch_done(self.name, 1, rows, [0.0], time.perf_counter() - t0)
+            self._observer.batch_done(self.name, 1, rows, [0.0], run_s)
         return out
 
     def _take_compatible(self, batch: list[_Call], rows: int) -> int:
@@ -167,18 +260,25 @@ class Batcher:
                 except TimeoutError:
                     break
                 rows = self._take_compatible(batch, rows)
-            task = loop.create_task(self._execute(batch, rows, loop))
+            task = loop.create_task(self._execute(batch, loop))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
             task.add_done_callback(lambda _: slots.release())
 
-    async def _execute(
-        self, batch: list[_Call], rows: int, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        live = [c for c in batch if not c.future.done()]  # skip callers that went away
+    async def _execute(self, batch: list[_Call], loop: asyncio.AbstractEventLoop) -> None:
+        started = time.perf_counter()
+        live = []
+        for c in batch:
+            if c.future.done():  # the caller went away (disconnected or timed out)
+                continue
+            if c.deadline is not None and started > c.deadline:
+                c.future.set_exception(
+                    DeadlineExceeded(f"request timed out after queueing on model {self.name}")
+                )
+                continue
+            live.append(c)
         if not live:
             return
-        started = time.perf_counter()
         try:
             if len(live) == 1:
                 feeds = live[0].feeds
@@ -191,6 +291,8 @@ class Batcher:
                     c.future.set_exception(exc)
             return
         run_s = time.perf_counter() - started
+        rows = sum(c.rows for c in live)
+        self.observe_rate(rows, run_s)
         parts = [outputs] if len(live) == 1 else split_rows(outputs, [c.rows for c in live])
         for c, out in zip(live, parts, strict=True):
             if not c.future.done():
@@ -199,7 +301,7 @@ class Batcher:
             self._observer.batch_done(
                 self.name,
                 len(live),
-                sum(c.rows for c in live),
+                rows,
                 [started - c.enqueued for c in live],
                 run_s,
             )

@@ -1,0 +1,120 @@
+"""What a model can do, derived from its manifest: the one answer to "what can model X do?".
+
+The routes, `/models`, calibration, evaluation and the training CLI all ask `Capabilities.of`,
+so no two places can disagree about which operations or score methods a model serves.
+
+| parts present                 | operations                                          |
+| ----------------------------- | --------------------------------------------------- |
+| decoder or generator          | sample, decode, interpolate (between latents)       |
+| encoder (with a decoder)      | encode, reconstruct, interpolate (between inputs), anomaly-score |
+| discriminator                 | anomaly-score                                       |
+
+| score method    | needs                                                             |
+| --------------- | ----------------------------------------------------------------- |
+| reconstruction  | an encoder and a decoder                                          |
+| elbo, iwae      | a VAE or CVAE (probabilistic encoder) with a Bernoulli decoder     |
+| discriminator   | a discriminator (GANs)                                            |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from service.errors import OperationNotSupported
+from service.manifest import Manifest, ModelKind, PartRole
+
+
+class Operation(StrEnum):
+    """An operation of the data plane; the value is the native route's path."""
+
+    SAMPLE = "sample"
+    DECODE = "decode"
+    ENCODE = "encode"
+    RECONSTRUCT = "reconstruct"
+    INTERPOLATE = "interpolate"
+    ANOMALY_SCORE = "anomaly-score"
+
+
+class ScoreMethod(StrEnum):
+    """An anomaly score; higher is more anomalous."""
+
+    RECONSTRUCTION = "reconstruction"
+    ELBO = "elbo"
+    IWAE = "iwae"
+    DISCRIMINATOR = "discriminator"
+
+    @property
+    def sampled(self) -> bool:
+        """Draws k latents per input (the bound's Monte Carlo estimate), so k and seed matter."""
+        return self in (ScoreMethod.ELBO, ScoreMethod.IWAE)
+
+    @property
+    def per_pixel(self) -> bool:
+        """Decomposes over input values, so it can be returned per pixel."""
+        return self is not ScoreMethod.DISCRIMINATOR
+
+
+_VARIATIONAL_KINDS = (ModelKind.VAE, ModelKind.CVAE)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    name: str
+    kind: ModelKind
+    operations: tuple[Operation, ...]
+    score_methods: tuple[ScoreMethod, ...]
+    num_classes: int | None
+    image_outputs: bool
+    """Outputs are images (`input.image_shape`), so they render as PNG."""
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> Capabilities:
+        parts = manifest.parts
+        generates = PartRole.DECODER in parts or PartRole.GENERATOR in parts
+        encodes = PartRole.ENCODER in parts and generates
+        ops: list[Operation] = []
+        methods: list[ScoreMethod] = []
+        if generates:
+            ops += [Operation.SAMPLE, Operation.DECODE, Operation.INTERPOLATE]
+        if encodes:
+            ops += [Operation.ENCODE, Operation.RECONSTRUCT]
+            methods.append(ScoreMethod.RECONSTRUCTION)
+            if manifest.kind in _VARIATIONAL_KINDS and manifest.likelihood == "bernoulli":
+                methods += [ScoreMethod.ELBO, ScoreMethod.IWAE]
+        if PartRole.DISCRIMINATOR in parts:
+            methods.append(ScoreMethod.DISCRIMINATOR)
+        if methods:
+            ops.append(Operation.ANOMALY_SCORE)
+        return cls(
+            name=manifest.name,
+            kind=manifest.kind,
+            operations=tuple(ops),
+            score_methods=tuple(methods),
+            num_classes=manifest.num_classes,
+            image_outputs=manifest.input.image_shape is not None,
+        )
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes is not None
+
+    def supports(self, operation: Operation) -> bool:
+        return operation in self.operations
+
+    def require(self, operation: Operation, why: str = "") -> None:
+        if operation not in self.operations:
+            served = ", ".join(self.operations) or "nothing"
+            raise OperationNotSupported(
+                f"model {self.name} ({self.kind.value}) cannot {operation.value}{why}; "
+                f"it serves: {served}"
+            )
+
+    def require_method(self, method: ScoreMethod) -> None:
+        if method not in self.score_methods:
+            served = ", ".join(self.score_methods) or "none"
+            raise OperationNotSupported(
+                f"model {self.name} ({self.kind.value}) has no {method.value!r} score; "
+                f"its score methods: {served}",
+                field="method",
+            )
