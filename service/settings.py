@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     max_concurrent_batches: int = Field(default=2, ge=1)
     """Batches of one session that may run at once (Triton's instance count): 2 lets a second
     core compute while the first batch's results are serialised."""
-    max_queue_wait_ms: float = Field(default=2000.0, gt=0)
+    max_queue_wait_ms: float = Field(default=10000.0, gt=0)
     """Admission by time: a request is queued only while the expected wait of its model part's
     queue (rows queued / the rows per second that part measures) stays under this; past it the
     request gets 503 at once with a Retry-After computed from that wait."""

@@ -62,7 +62,7 @@ class BatchingConfig:
     max_delay_ms: float = 0.0
     max_queue_rows: int = 65536
     max_concurrent_batches: int = 1
-    max_queue_wait_s: float = 2.0
+    max_queue_wait_s: float = 10.0
 
 
 @dataclass
@@ -159,9 +159,13 @@ class Batcher:
         rate = self._rate_for(queued)
         return 0.0 if rate is None else queued / (rate * self._cfg.max_concurrent_batches)
 
-    def _admit(self, rows: int) -> float | None:
-        """Refuse a call the queue cannot serve in time; return its deadline. What counts is
-        the wait ahead of the call: a large request on an idle server is always admitted."""
+    def admit(self, rows: int) -> float | None:
+        """Refuse a call of `rows` rows that the queue cannot serve in time; return its deadline.
+        What counts is the wait ahead of the call: a large request on an idle server is always
+        admitted. `run` asks this itself; the data plane asks it too before converting a
+        request's arrays, so that refusing under overload costs little."""
+        if self._closed or not self._cfg.enabled:
+            return request_deadline.get()
         ahead = self.expected_wait_s()
         retry_after = max(1.0, math.ceil(ahead))
         queued = self._queued_rows
@@ -192,7 +196,7 @@ class Batcher:
             # A closed batcher (its model was just replaced by a reload) still answers callers
             # that picked it up before the swap, one call at a time.
             return await self._execute_alone(feeds, rows)
-        deadline = self._admit(rows)
+        deadline = self.admit(rows)
         if rows >= self._cfg.max_batch_size:  # a batch already: it runs alone
             return await self._execute_alone(feeds, rows)
         if self._worker is None or self._worker.done():

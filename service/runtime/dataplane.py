@@ -64,6 +64,11 @@ class Examples:
     arrays_field: str = "inputs"
     images_field: str = "images"
 
+    @property
+    def count(self) -> int | None:
+        """How many examples, when that is known without converting anything."""
+        return _rows(self.arrays) if self.images is None else len(self.images)
+
 
 @dataclass
 class Generated:
@@ -92,6 +97,13 @@ class Scored:
     threshold_source: ThresholdSource
     is_outlier: NDArray[np.bool_] | None
     per_pixel: F32 | None
+
+
+def _rows(value: Any) -> int | None:
+    """Examples in a nested list or an array, without converting it (None: not knowable)."""
+    if isinstance(value, np.ndarray):
+        return int(value.shape[0]) if value.ndim else None
+    return len(value) if isinstance(value, list) else None
 
 
 class DataPlane:
@@ -136,6 +148,7 @@ class DataPlane:
         self._seed(seed, "seed")
         if not (math.isfinite(temperature) and 0 < temperature <= MAX_TEMPERATURE):
             raise InvalidInput(f"must be in (0, {MAX_TEMPERATURE:g}]", field="temperature")
+        self._admit(m, Operation.SAMPLE, n, timeout_s)
         y = self._labels(m, labels, n)
         x, z = await self._bounded(timeout_s, lambda: m.sample(n, seed, temperature, y))
         return Generated(m, x, z, seed)
@@ -155,6 +168,7 @@ class DataPlane:
         if samples_per_input < 0:
             raise InvalidInput("must be 0 or more", field="samples_per_input")
         self._seed(seed, "seed")
+        self._admit(m, Operation.ENCODE, examples.count, timeout_s)
         x = self._examples(m, examples)
         y = self._labels(m, labels, len(x))
         if samples_per_input:
@@ -170,6 +184,7 @@ class DataPlane:
     ) -> Generated:
         m = self.model(model)
         m.capabilities.require(Operation.DECODE)
+        self._admit(m, Operation.DECODE, _rows(z), timeout_s)
         latents = m.contract.latents(to_array(z, "z"), "z")
         self._count(len(latents), "z")
         y = self._labels(m, labels, len(latents))
@@ -186,6 +201,7 @@ class DataPlane:
     ) -> Generated:
         m = self.model(model)
         m.capabilities.require(Operation.RECONSTRUCT)
+        self._admit(m, Operation.RECONSTRUCT, examples.count, timeout_s)
         x = self._examples(m, examples)
         y = self._labels(m, labels, len(x))
         return Generated(m, await self._bounded(timeout_s, lambda: m.reconstruct(x, y)))
@@ -214,6 +230,7 @@ class DataPlane:
         if mode not in INTERPOLATION_MODES:
             raise InvalidInput(f"must be one of {', '.join(INTERPOLATION_MODES)}", field="mode")
         interpolation: InterpolationMode = "spherical" if mode == "spherical" else "linear"
+        self._admit(m, Operation.INTERPOLATE, steps, timeout_s)
         if examples is not None:
             m.capabilities.require(
                 Operation.ENCODE, " (interpolating between examples encodes them first)"
@@ -266,6 +283,7 @@ class DataPlane:
             )
         if threshold is not None and not math.isfinite(threshold):
             raise InvalidInput("must be a finite number", field="threshold")
+        self._admit(m, score_method, examples.count, timeout_s, k)
         x = self._examples(m, examples)
         if score_method.sampled:
             self._expansion(len(x) * k * x[0].size, "k")
@@ -282,6 +300,28 @@ class DataPlane:
         return Scored(m, score_method, raw.scores, threshold, source, flags, raw.per_pixel)
 
     # -- request checks ------------------------------------------------------------------------
+    def _admit(
+        self,
+        m: GenerativeModel,
+        work: Operation | ScoreMethod,
+        rows: int | None,
+        timeout_s: float | None,
+        k: int = 1,
+    ) -> None:
+        """Refuse work the model's queues cannot take in time before converting its inputs, so
+        that under overload a refusal costs little (the batcher checks again when queueing)."""
+        timeout = self._timeout(timeout_s)
+        if rows is None or rows < 1 or rows > self.limits.max_samples:
+            return  # the checks that follow give the precise error
+        if timeout is None:
+            m.admit(work, rows, k)
+            return
+        token = request_deadline.set(time.perf_counter() + timeout)
+        try:
+            m.admit(work, rows, k)
+        finally:
+            request_deadline.reset(token)
+
     def _count(self, n: int, field: str) -> None:
         if n < 1:
             raise InvalidInput("at least one example is required", field=field)
@@ -338,13 +378,17 @@ class DataPlane:
         return m.contract.labels(to_array(raw, "labels", np.int64), n)
 
     # -- timeouts ------------------------------------------------------------------------------
+    def _timeout(self, timeout_s: float | None) -> float | None:
+        timeout = timeout_s if timeout_s is not None else self.limits.request_timeout_s
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            raise InvalidInput("must be a positive number of seconds", field="timeout")
+        return timeout
+
     async def _bounded(self, timeout_s: float | None, work: Callable[[], Awaitable[T]]) -> T:
         """`work()`, answered within the request's timeout (or the server's default one)."""
-        timeout = timeout_s if timeout_s is not None else self.limits.request_timeout_s
+        timeout = self._timeout(timeout_s)
         if timeout is None:
             return await work()
-        if not (math.isfinite(timeout) and timeout > 0):
-            raise InvalidInput("must be a positive number of seconds", field="timeout")
         token = request_deadline.set(time.perf_counter() + timeout)
         try:
             async with asyncio.timeout(timeout):

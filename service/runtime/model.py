@@ -99,6 +99,28 @@ class GenerativeModel:
     async def close(self) -> None:
         await asyncio.gather(*(p.batcher.close() for p in self.parts.values()))
 
+    def admit(self, work: Operation | ScoreMethod, rows: int, k: int = 1) -> None:
+        """Ask each part that `work` on `rows` examples will run whether its queue can take it
+        in time (raises `Overloaded` if not): a cheap early refusal, before any conversion."""
+        for part, part_rows in self._parts_for(work, rows, k):
+            part.batcher.admit(part_rows)
+
+    def _parts_for(
+        self, work: Operation | ScoreMethod, rows: int, k: int
+    ) -> list[tuple[Part, int]]:
+        if work in (Operation.SAMPLE, Operation.DECODE, Operation.INTERPOLATE):
+            return [(self._generator, rows)]
+        encoder = self.parts.get(PartRole.ENCODER)
+        if work is Operation.ENCODE and encoder is not None:
+            return [(encoder, rows)]
+        if work in (Operation.RECONSTRUCT, ScoreMethod.RECONSTRUCTION) and encoder is not None:
+            return [(encoder, rows), (self._generator, rows)]
+        if work in (ScoreMethod.ELBO, ScoreMethod.IWAE) and encoder is not None:
+            return [(encoder, rows), (self._generator, rows * k)]
+        if work is ScoreMethod.DISCRIMINATOR and PartRole.DISCRIMINATOR in self.parts:
+            return [(self.parts[PartRole.DISCRIMINATOR], rows)]
+        return []
+
     # -- graph runs (model units) --------------------------------------------------------------
     async def _encode(self, x: F32, labels: Labels | None) -> tuple[F32, F32]:
         mean, log_var = await self.parts[PartRole.ENCODER].run(_feeds("x", x, labels))
