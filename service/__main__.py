@@ -28,13 +28,28 @@ def serve(
 ) -> None:
     """Serve the model repository over HTTP (settings from LATENTSERVE_* variables)."""
     import contextlib
+    import logging
     import os
     import tempfile
 
     import uvicorn
 
+    from service.logs import configure_logging
+    from service.settings import Settings
+
     if models is not None:
         os.environ["LATENTSERVE_MODEL_REPOSITORY"] = str(models)
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    shown_host = f"[{host}]" if ":" in host else host
+    logging.getLogger("latentserve").info(
+        "listening on http://%s:%d with %d worker process%s (models from %s)",
+        shown_host,
+        port,
+        workers,
+        "" if workers == 1 else "es",
+        settings.model_repository,
+    )
     with contextlib.ExitStack() as stack:
         if workers > 1:
             # Shared by the worker processes: reload announcements and the Prometheus files

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     to; bounds the memory a single request can take (2**25 float32 = 128 MiB per array)."""
     max_interpolation_steps: int = Field(default=256, ge=2)
 
+    shutdown_drain_s: float = Field(default=1.0, ge=0)
+    """After SIGTERM, keep serving this long with `Connection: close` on every response and
+    /readyz not ready, so clients drop kept-alive connections and load balancers stop sending
+    before the server stops listening (0: stop at once). The graceful timeout follows it."""
+
     shared_state_dir: Path | None = None
     """Set by `serve --workers N` (not by hand): a directory the worker processes share for
     reload announcements and Prometheus multiprocess files."""
@@ -89,6 +94,9 @@ class Settings(BaseSettings):
     # -- security and logging ------------------------------------------------------------------
     api_key: SecretStr | None = None
     """If set, every route but health, readiness and metrics needs `Authorization: Bearer <key>`."""
+    docs_require_api_key: bool = True
+    """With an API key set, `/docs`, `/redoc` and `/openapi.json` need it too (false: they stay
+    public, e.g. for a developer portal that reads the schema)."""
     opentelemetry: bool = False
     """FastAPI's native OpenTelemetry spans and metrics (needs a configured provider, e.g.
     `opentelemetry-instrument`). Off by default: even with no provider, FastAPI's per-request

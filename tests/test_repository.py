@@ -132,5 +132,5 @@ async def test_enabled_model_without_folder_is_reported(app_with, model_copy: Pa
     ) as c:
         ready = await c.get("/readyz")
         assert ready.status_code == 503
-        assert "no model.json" in ready.json()["models_failed"]["not-there"]
+        assert "has no folder not-there/" in ready.json()["models_failed"]["not-there"]
         assert (await c.post("/sample", json={"n": 1})).status_code == 200

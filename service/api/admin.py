@@ -6,15 +6,19 @@ from fastapi import APIRouter, Depends, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
-from service.api.deps import MetricsDep, RepositoryDep, SettingsDep, require_api_key
+from service.api.deps import MetricsDep, RepositoryDep, data_plane, require_api_key
 from service.api.schemas import (
     ErrorBody,
+    ErrorDetail,
     Health,
     ModelInfo,
     ModelList,
     PartInfo,
     QueueInfo,
     Readiness,
+    ReloadFailed,
+    ReloadOutcome,
+    ReloadReport,
 )
 from service.errors import ModelNotFound
 from service.runtime.model import GenerativeModel
@@ -76,15 +80,15 @@ def _all(repo: ModelRepository) -> list[ModelInfo]:
 
 
 @models_router.get("/models", response_model=ModelList, summary="Models and their status")
-async def list_models(repo: RepositoryDep, settings: SettingsDep) -> ModelList:
-    return ModelList(default_model=settings.default_model, models=_all(repo))
+async def list_models(repo: RepositoryDep, request: Request) -> ModelList:
+    return ModelList(default_model=data_plane(request).default_model, models=_all(repo))
 
 
 @models_router.get(
     "/models/{name}",
     response_model=ModelInfo,
     summary="One model, with manifest",
-    responses={404: {"model": ErrorBody}},
+    responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
 )
 async def get_model(name: str, repo: RepositoryDep) -> ModelInfo:
     if name in repo.models:
@@ -98,7 +102,7 @@ async def get_model(name: str, repo: RepositoryDep) -> ModelInfo:
     "/models/{name}/reload",
     response_model=ModelInfo,
     summary="Load the model's folder again and swap it in",
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
 )
 async def reload_model(
     name: str, request: Request, repo: RepositoryDep, metrics: MetricsDep
@@ -106,10 +110,10 @@ async def reload_model(
     """The new version serves once fully loaded; requests in flight finish on the old one. A
     version that fails to load leaves the old one serving (409). Under `serve --workers N` the
     other processes follow within a second."""
-    model = await repo.reload(name)
-    metrics.observe_repository(repo)
-    if name in repo.failures:  # it had never loaded and still does not
-        return describe_failure(repo.failures[name])
+    try:
+        model = await repo.reload(name)
+    finally:
+        metrics.observe_repository(repo)
     _announce(request, name)
     return describe(model, full=True)
 
@@ -122,16 +126,31 @@ def _announce(request: Request, target: str) -> None:
 
 @models_router.post(
     "/models/reload",
-    response_model=ModelList,
+    response_model=ReloadReport,
     summary="Rescan the repository: load new models, reload changed ones",
+    responses={409: {"model": ReloadFailed}},
 )
-async def reload_all(
-    request: Request, repo: RepositoryDep, settings: SettingsDep, metrics: MetricsDep
-) -> ModelList:
-    await repo.load_all()
+async def reload_all(request: Request, repo: RepositoryDep, metrics: MetricsDep) -> Response:
+    """Every model's outcome is reported; when any failed (a model that never loaded, or a new
+    version that did not load while the old one keeps serving) the answer is 409."""
+    outcomes = await repo.load_all()
     metrics.observe_repository(repo)
     _announce(request, RESCAN)
-    return ModelList(default_model=settings.default_model, models=_all(repo))
+    report = ReloadReport(
+        default_model=data_plane(request).default_model,
+        models=_all(repo),
+        outcomes=[ReloadOutcome(**vars(o)) for o in outcomes],
+    )
+    failed = [o for o in outcomes if o.status in ("failed", "kept")]
+    if not failed:
+        return Response(report.model_dump_json(), media_type="application/json")
+    detail = ErrorDetail(
+        code="model_load_error",
+        message=f"{len(failed)} of {len(outcomes)} models failed to load: "
+        + "; ".join(f"{o.name}: {o.error}" for o in failed),
+    )
+    body = ReloadFailed(error=detail, **report.model_dump())
+    return Response(body.model_dump_json(), status_code=409, media_type="application/json")
 
 
 @probes_router.get("/healthz", response_model=Health, summary="Liveness")
@@ -142,9 +161,11 @@ async def healthz() -> Health:
 @probes_router.get(
     "/readyz", response_model=Readiness, summary="Readiness", responses={503: {"model": Readiness}}
 )
-async def readyz(repo: RepositoryDep) -> Response:
+async def readyz(repo: RepositoryDep, request: Request) -> Response:
+    draining = request.app.state.drain.draining
     body = Readiness(
-        ready=repo.ready,
+        ready=repo.ready and not draining,
+        draining=draining,
         models_loaded=sorted(repo.models),
         models_failed={k: f.error for k, f in repo.failures.items()},
     )

@@ -19,11 +19,12 @@ from service.api import schemas
 from service.api.admin import models_router, probes_router
 from service.api.errors import install_error_handlers
 from service.api.inference import router as inference_router
+from service.api.lifecycle import Drain
 from service.api.metrics import Metrics
-from service.api.middleware import RequestContextMiddleware
+from service.api.middleware import DocsGuard, RequestContextMiddleware
 from service.logs import configure_logging
 from service.runtime.batching import BatchingConfig
-from service.runtime.dataplane import DataPlane, RequestLimits
+from service.runtime.dataplane import DataPlane, RequestLimits, choose_default_model
 from service.runtime.peers import ReloadSignals
 from service.runtime.repository import ModelRepository
 from service.runtime.sessions import SessionConfig
@@ -98,7 +99,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     await repo.load_all()
     app.state.repository = repo
-    app.state.data_plane = DataPlane(repo, request_limits(settings), settings.default_model)
+    default_model, warning = choose_default_model(
+        settings.default_model,
+        "default_model" in settings.model_fields_set,
+        sorted(repo.models),
+        sorted(repo.failures),
+    )
+    if warning:
+        log.warning("%s; set LATENTSERVE_DEFAULT_MODEL to choose one", warning)
+    app.state.data_plane = DataPlane(repo, request_limits(settings), default_model)
     metrics: Metrics = app.state.metrics
     metrics.observe_repository(repo)
     follower: asyncio.Task[None] | None = None
@@ -109,6 +118,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         follower = asyncio.create_task(
             signals.follow(repo, after_change=lambda: metrics.observe_repository(repo))
         )
+    drain: Drain = app.state.drain
+    drain.install(settings.shutdown_drain_s)
     log.info(
         "serving %d model(s) from %s: %s",
         len(repo.models),
@@ -124,6 +135,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await repo.close()
         executor.shutdown(wait=True)
         metrics.process_exiting()
+        drain.finished()
         log.info("shut down")
 
 
@@ -165,10 +177,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.drain = Drain()
+    app.add_middleware(DocsGuard, settings=settings)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=app.state.metrics,
         max_request_bytes=settings.max_request_bytes,
+        drain=app.state.drain,
     )
     install_error_handlers(app)
     app.include_router(inference_router)

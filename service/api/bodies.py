@@ -15,12 +15,15 @@ import orjson
 from fastapi import Request
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from service.api.codecs import NPY_MEDIA_TYPE
 from service.arrays import read_npy
 from service.errors import InvalidInput, UnsupportedMediaType
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
+IMAGES_FIELD = "images"
 
 
 def _form_value(raw: str) -> Any:
@@ -49,12 +52,23 @@ async def read_body(
     elif media == "multipart/form-data":
         data = {}
         images: list[bytes] = []
-        async with request.form(max_files=4096, max_fields=64) as form:
+        try:
+            form = await request.form(max_files=4096, max_fields=64)
+        except (MultiPartException, HTTPException) as exc:  # malformed or over the limits
+            reason = exc.message if isinstance(exc, MultiPartException) else exc.detail
+            raise InvalidInput(f"multipart body cannot be read: {reason}", field="body") from None
+        try:
             for key, value in form.multi_items():
                 if isinstance(value, UploadFile):
+                    if key != IMAGES_FIELD:
+                        raise InvalidInput(
+                            f"files go in the '{IMAGES_FIELD}' field, not {key!r}", field=key
+                        )
                     images.append(await value.read())
                 else:
                     data[key] = _form_value(value)
+        finally:
+            await form.close()
         if images:
             data["images"] = images
     elif media == NPY_MEDIA_TYPE:

@@ -65,15 +65,19 @@ def request_timeout(request: Request) -> float | None:
     return seconds
 
 
-async def require_api_key(request: Request) -> None:
-    """Bearer-token check in constant time; a no-op when no key is configured."""
-    settings: Settings = request.app.state.settings
+def has_api_key(settings: Settings, authorization: str | None) -> bool:
+    """True when no key is configured or `authorization` is `Bearer <key>` (constant time)."""
     if settings.api_key is None:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+        return True
+    scheme, _, token = (authorization or "").partition(" ")
     expected = settings.api_key.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-        raise Unauthorized(
-            "missing or wrong API key: send 'Authorization: Bearer <key>'", field="Authorization"
-        )
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)
+
+
+UNAUTHORIZED = "missing or wrong API key: send 'Authorization: Bearer <key>'"
+
+
+async def require_api_key(request: Request) -> None:
+    """Bearer-token check; a no-op when no key is configured."""
+    if not has_api_key(request.app.state.settings, request.headers.get("authorization")):
+        raise Unauthorized(UNAUTHORIZED, field="Authorization")

@@ -37,11 +37,10 @@ from service.runtime.model import GenerativeModel
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["inference"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 406, 413, 415, 422, 503)
+    code: {"model": ErrorBody} for code in (401, 404, 406, 413, 415, 422, 503)
 }
 IMAGE_OUTPUTS = (codecs.JSON_MEDIA_TYPE, codecs.NPY_MEDIA_TYPE, codecs.PNG_MEDIA_TYPE)
 ARRAY_OUTPUTS = (codecs.JSON_MEDIA_TYPE, codecs.NPY_MEDIA_TYPE)
-NO_STORE = "no-store"  # outputs depend on the model version behind the name: never cache them
 
 
 def _docs(schema: type, array_field: str = "inputs") -> dict[str, Any]:
@@ -53,7 +52,7 @@ def _examples(body: Any) -> Examples:
 
 
 def _headers(model: GenerativeModel) -> dict[str, str]:
-    return {"X-Model": model.name, "X-Model-Version": model.version, "Cache-Control": NO_STORE}
+    return {"X-Model": model.name, "X-Model-Version": model.version}
 
 
 def _render_examples(

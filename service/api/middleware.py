@@ -1,4 +1,7 @@
-"""ASGI middleware: request ids, access logs, request metrics and the request-size limit.
+"""ASGI middleware: request ids, access logs, request metrics, the request-size limit, and the
+headers every response carries (`X-Content-Type-Options: nosniff`; `Cache-Control: no-store`
+unless a route set its own: answers depend on the model version behind a name; `Connection:
+close` while the server drains before shutdown).
 
 Written as plain ASGI (not BaseHTTPMiddleware) so it adds no task or buffering per request.
 """
@@ -13,9 +16,12 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.codecs import dumps_json
+from service.api.deps import UNAUTHORIZED, has_api_key
+from service.api.lifecycle import Drain
 from service.api.metrics import Metrics
 from service.errors import PayloadTooLarge
 from service.logs import model_var, request_id_var
+from service.settings import Settings
 
 log = logging.getLogger("latentserve.access")
 
@@ -24,10 +30,13 @@ _UNMETERED = {"/metrics", "/healthz", "/readyz"}
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_request_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, max_request_bytes: int, drain: Drain | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
+        self.drain = drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,8 +55,14 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                out = list(message.get("headers", []))
+                out.append((b"x-request-id", request_id.encode()))
+                out.append((b"x-content-type-options", b"nosniff"))
+                if not any(k.lower() == b"cache-control" for k, _ in out):
+                    out.append((b"cache-control", b"no-store"))
+                if self.drain is not None and self.drain.draining:
+                    out.append((b"connection", b"close"))
+                message["headers"] = out
             await send(message)
 
         try:
@@ -111,3 +126,42 @@ class RequestContextMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class DocsGuard:
+    """The API documentation (`/docs`, `/redoc`, `/openapi.json`) behind the API key when one is
+    set and `docs_require_api_key` is on: the schema lists every route and field, which a
+    server that asks for a key on its routes should not hand to anyone."""
+
+    PATHS = ("/openapi.json", "/docs", "/redoc")
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.active = settings.api_key is not None and settings.docs_require_api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.active and scope["type"] == "http" and self._guarded(scope["path"]):
+            headers = dict(scope["headers"])
+            authorization = headers.get(b"authorization", b"").decode("latin-1")
+            if not has_api_key(self.settings, authorization):
+                body = dumps_json(
+                    {"error": {"code": "unauthorized", "message": UNAUTHORIZED, "field": None}}
+                )
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"www-authenticate", b"Bearer"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+    def _guarded(self, path: str) -> bool:
+        return any(path == p or path.startswith(p + "/") for p in self.PATHS)

@@ -348,7 +348,14 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    ready: bool = Field(description="Every enabled model loaded.", examples=[True])
+    ready: bool = Field(
+        description="Every enabled model loaded and the server not shutting down.", examples=[True]
+    )
+    draining: bool = Field(
+        default=False,
+        description="SIGTERM received: finishing work, not taking new clients.",
+        examples=[False],
+    )
     models_loaded: list[str] = Field(description="Models serving.", examples=[["digits-vae"]])
     models_failed: dict[str, str] = Field(
         description="Models that failed, with the reason.", examples=[{}]
@@ -368,3 +375,25 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail = Field(description="The error.")
+
+
+class ReloadOutcome(BaseModel):
+    name: str = Field(description="Model name.", examples=["digits-vae"])
+    status: Literal["loaded", "failed", "kept", "unloaded"] = Field(
+        description="loaded: this version serves; failed: the model does not serve; kept: the "
+        "new version failed and the one loaded before keeps serving; unloaded: its folder is "
+        "gone.",
+        examples=["loaded"],
+    )
+    version: str | None = Field(
+        default=None, description="Version serving after the reload.", examples=["1"]
+    )
+    error: str | None = Field(default=None, description="Why it failed.", examples=[None])
+
+
+class ReloadReport(ModelList):
+    outcomes: list[ReloadOutcome] = Field(description="What the reload did to each model.")
+
+
+class ReloadFailed(ReloadReport):
+    error: ErrorDetail = Field(description="Which models failed, and why.")

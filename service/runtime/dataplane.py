@@ -99,6 +99,30 @@ class Scored:
     per_pixel: F32 | None
 
 
+def choose_default_model(
+    configured: str | None, explicit: bool, loaded: Sequence[str], failed: Sequence[str]
+) -> tuple[str | None, str | None]:
+    """The model that answers requests naming none, and a warning for the operator if the
+    choice is not the configured one. A repository with one model serves it by default; a
+    configured default that failed to load stays (its requests get 503 with the reason)."""
+    if configured in loaded:
+        return configured, None
+    if explicit and configured in failed:
+        return configured, f"the default model {configured!r} failed to load"
+    names = ", ".join(sorted(loaded)) or "none"
+    if len(loaded) == 1:
+        only = loaded[0]
+        if not explicit:
+            return only, None
+        return only, f"the default model {configured!r} is not in the repository; {only!r} is"
+    what = (
+        f"the default model {configured!r} is not in the repository"
+        if configured
+        else ("no default model is set")
+    )
+    return None, f"{what}, so every request must name a model (loaded: {names})"
+
+
 def _rows(value: Any) -> int | None:
     """Examples in a nested list or an array, without converting it (None: not knowable)."""
     if isinstance(value, np.ndarray):

@@ -12,6 +12,7 @@ import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -29,6 +30,20 @@ class LoadFailure:
     name: str
     folder: Path
     error: str
+
+
+LoadStatus = Literal["loaded", "failed", "kept", "unloaded"]
+
+
+@dataclass
+class LoadOutcome:
+    """What one (re)load did to one model: `kept` means the new version failed and the loaded
+    one keeps serving."""
+
+    name: str
+    status: LoadStatus
+    version: str | None = None
+    error: str | None = None
 
 
 class ModelRepository:
@@ -94,38 +109,56 @@ class ModelRepository:
             manifest = Manifest.load(folder)
         except ValidationError as exc:
             raise ModelLoadError(f"invalid {MANIFEST_FILENAME}: {exc}") from exc
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot read {MANIFEST_FILENAME}: {exc}") from exc
+        except OSError as exc:  # its message would show the server's path
+            reason = exc.strerror or type(exc).__name__
+            raise ModelLoadError(f"cannot read {name}/{MANIFEST_FILENAME}: {reason}") from exc
+        except ValueError as exc:
+            raise ModelLoadError(f"cannot read {name}/{MANIFEST_FILENAME}: {exc}") from exc
         if manifest.name != name:
             raise ModelLoadError(f"manifest name {manifest.name!r} differs from folder {name!r}")
         return GenerativeModel.load(
             folder, self._session_cfg, self._batching, self._executor, self._observer, manifest
         )
 
-    async def load_all(self) -> None:
+    async def load_all(self) -> list[LoadOutcome]:
+        """Load every model folder (again), unload models whose folder is gone; one outcome per
+        model, so a caller can tell a partial failure from success."""
+        outcomes: list[LoadOutcome] = []
         async with self._lock:
             folders = self.discover()
             for name in sorted((self._enabled or frozenset()) - set(folders)):
-                self._failures[name] = LoadFailure(
-                    name, self.root / name, f"enabled, but {self.root / name} has no model.json"
-                )
-                log.error("model %s is enabled but has no folder in %s", name, self.root)
+                error = f"enabled, but the repository has no folder {name}/ with a model.json"
+                self._failures[name] = LoadFailure(name, self.root / name, error)
+                log.error("model %s is enabled but has no folder in the repository", name)
+                outcomes.append(LoadOutcome(name, "failed", error=error))
             for name, folder in folders.items():
                 try:
                     await self._load_one(name, folder)
-                except ModelLoadError:
-                    pass  # a failed reload of a loaded model: it keeps serving, already logged
+                except ModelLoadError as exc:  # a loaded model's new version failed: it stays
+                    version = self._models[name].manifest.version
+                    outcomes.append(LoadOutcome(name, "kept", version, exc.message))
+                    continue
+                if name in self._failures:
+                    outcomes.append(LoadOutcome(name, "failed", error=self._failures[name].error))
+                else:
+                    outcomes.append(LoadOutcome(name, "loaded", self._models[name].version))
             for name in set(self._models) - set(folders):  # removed from disk
                 old = self._models.pop(name)
                 await old.close()
                 log.info("model %s unloaded: its folder is gone", name)
+                outcomes.append(LoadOutcome(name, "unloaded", old.version))
+        return sorted(outcomes, key=lambda o: o.name)
 
     async def reload(self, name: str) -> GenerativeModel:
         async with self._lock:
             folder = self.discover().get(name)
             if folder is None:
-                raise ModelNotFound(f"no model folder named {name!r} in {self.root}", field="name")
+                raise ModelNotFound(
+                    f"the repository has no model folder named {name!r}", field="name"
+                )
             await self._load_one(name, folder)
+            if name in self._failures:  # it had never loaded and still does not
+                raise ModelLoadError(f"model {name!r} failed to load: {self._failures[name].error}")
             return self.get(name)
 
     async def _load_one(self, name: str, folder: Path) -> None:
@@ -138,7 +171,9 @@ class ModelRepository:
             self._record_failure(name, folder, exc.message)
             return
         except Exception as exc:  # a broken file must not stop the other models
-            self._record_failure(name, folder, f"{type(exc).__name__}: {exc}")
+            log.exception("model %s: unexpected error while loading", name)
+            reason = str(exc).replace(str(folder), name).replace(str(self.root), "<repository>")
+            self._record_failure(name, folder, f"{type(exc).__name__}: {reason}")
             return
         old = self._models.get(name)
         self._models[name] = model  # atomic swap: new requests see the new version
