@@ -9,15 +9,21 @@
 
 from service.client._client import (
     DEFAULT_TIMEOUT,
+    NO_RETRY,
+    NPY_BODY_BYTES,
     AnomalyScores,
     AsyncClient,
     Client,
     Encoding,
+    RetryPolicy,
 )
 from service.client._errors import APIError, ConnectionFailed, LatentServeClientError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "NO_RETRY",
+    "NPY_BODY_BYTES",
+    "RetryPolicy",
     "APIError",
     "AnomalyScores",
     "AsyncClient",

@@ -1,9 +1,20 @@
-"""Sync and async clients with the same method names; arrays travel as .npy when large."""
+"""Sync and async clients with the same method names.
+
+Arrays of `NPY_BODY_BYTES` or more travel as a `.npy` body (the other fields in the query
+string), smaller ones as JSON; results come back as `.npy` where the route offers it. Requests
+that meet a busy server (503) or a broken connection are retried with exponential backoff that
+honours `Retry-After` (`RetryPolicy`): every route gives the same answer for the same seed, so a
+retry is safe.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import io
-from dataclasses import dataclass
+import json
+import random
+import time
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
@@ -14,7 +25,70 @@ from service.client._errors import APIError, ConnectionFailed
 
 DEFAULT_TIMEOUT = 30.0
 NPY = "application/x-npy"
+NPY_BODY_BYTES = 32 * 1024
+"""Arrays this large or larger are sent as .npy bodies (JSON text of floats is 3-5x larger and
+slower to write and parse)."""
 Method = Literal["reconstruction", "elbo", "iwae", "discriminator"]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how long to wait before trying a request again.
+
+    Tries up to `attempts` times in all. Retried: answers with a status in `statuses` (503: the
+    server is overloaded, or the model is loading) and transport errors (refused, reset or
+    timed-out connections). The wait before try i+1 is `backoff_s * 2**i` (capped at
+    `max_backoff_s`, with jitter so clients do not return in step), or the server's
+    `Retry-After` when that is longer (capped at `max_retry_after_s`)."""
+
+    attempts: int = 4
+    backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+    max_retry_after_s: float = 30.0
+    statuses: frozenset[int] = field(default_factory=lambda: frozenset({503}))
+
+    def wait_s(self, attempt: int, retry_after: float | None) -> float:
+        backoff = min(self.max_backoff_s, self.backoff_s * 2.0**attempt) * random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            return max(backoff, min(retry_after, self.max_retry_after_s))
+        return backoff
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+def _retry_policy(retries: RetryPolicy | int | None) -> RetryPolicy:
+    if retries is None:
+        return NO_RETRY
+    if isinstance(retries, int):
+        return RetryPolicy(attempts=max(1, retries))
+    return retries
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    raw = response.headers.get("retry-after")
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+@dataclass
+class _Request:
+    """One request as httpx takes it: JSON, or a .npy body with the fields in the query."""
+
+    path: str
+    accept: str
+    json_body: dict[str, Any] | None = None
+    npy_body: bytes | None = None
+    params: dict[str, str] | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        headers = {"Accept": self.accept}
+        if self.npy_body is None:
+            return {"json": self.json_body, "headers": headers}
+        headers["Content-Type"] = NPY
+        return {"content": self.npy_body, "params": self.params, "headers": headers}
 
 
 @dataclass
@@ -38,6 +112,12 @@ def _load_npy(content: bytes) -> NDArray[Any]:
 
 def _list(x: ArrayLike) -> Any:
     return np.asarray(x, dtype=np.float32).tolist()
+
+
+def _npy(x: NDArray[Any]) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(x), allow_pickle=False)
+    return buf.getvalue()
 
 
 def _labels(labels: ArrayLike | int | None) -> Any:
@@ -67,13 +147,25 @@ def _raise_for_error(response: httpx.Response) -> None:
 class _Requests:
     """What both clients send and how they read answers; only the transport differs."""
 
-    def __init__(self, model: str | None) -> None:
+    def __init__(self, model: str | None, npy_body_bytes: int = NPY_BODY_BYTES) -> None:
         self.model = model
+        self.npy_body_bytes = npy_body_bytes
 
     def body(self, **fields: Any) -> dict[str, Any]:
         if self.model is not None and fields.get("model") is None:
             fields["model"] = self.model
         return {k: v for k, v in fields.items() if v is not None}
+
+    def with_array(
+        self, path: str, name: str, array: ArrayLike, accept: str, **fields: Any
+    ) -> _Request:
+        """`fields` plus the array `name`: as JSON when small, as a .npy body when large."""
+        x = np.asarray(array, dtype=np.float32)
+        body = self.body(**fields)
+        if x.nbytes < self.npy_body_bytes:
+            return _Request(path, accept, json_body={**body, name: x.tolist()})
+        params = {k: v if isinstance(v, str) else json.dumps(v) for k, v in body.items()}
+        return _Request(path, accept, npy_body=_npy(x), params=params)
 
     @staticmethod
     def array(response: httpx.Response) -> NDArray[Any]:
@@ -108,7 +200,8 @@ class _Requests:
 
 
 class Client:
-    """Blocking client. Methods return numpy arrays; errors raise `APIError`."""
+    """Blocking client. Methods return numpy arrays; errors raise `APIError` (after the
+    retries of `retries`: a `RetryPolicy`, a number of attempts, or None for a single try)."""
 
     def __init__(
         self,
@@ -117,13 +210,16 @@ class Client:
         model: str | None = None,
         api_key: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        retries: RetryPolicy | int | None = RetryPolicy(),  # noqa: B008 (frozen, shared)
+        npy_body_bytes: int = NPY_BODY_BYTES,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(
             base_url=base_url, timeout=timeout, headers=headers, transport=transport
         )
-        self._r = _Requests(model)
+        self._r = _Requests(model, npy_body_bytes)
+        self.retry = _retry_policy(retries)
 
     def __enter__(self) -> Client:
         return self
@@ -134,19 +230,29 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(self.retry.attempts):
+            last = attempt == self.retry.attempts - 1
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if last:
+                    raise ConnectionFailed(f"{method} {path}: {exc}") from exc
+                time.sleep(self.retry.wait_s(attempt, None))
+                continue
+            if last or response.status_code not in self.retry.statuses:
+                return response
+            time.sleep(self.retry.wait_s(attempt, _retry_after(response)))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     def _post(
-        self, path: str, body: dict[str, Any], accept: str = "application/json"
+        self, path: str, body: dict[str, Any] | _Request, accept: str = "application/json"
     ) -> httpx.Response:
-        try:
-            return self._http.post(path, json=body, headers={"Accept": accept})
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(f"POST {path}: {exc}") from exc
+        request = body if isinstance(body, _Request) else _Request(path, accept, json_body=body)
+        return self._send("POST", path, **request.kwargs())
 
     def _get(self, path: str) -> httpx.Response:
-        try:
-            return self._http.get(path)
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(f"GET {path}: {exc}") from exc
+        return self._send("GET", path)
 
     def models(self) -> list[dict[str, Any]]:
         models: list[dict[str, Any]] = self._r.json(self._get("/models"))["models"]
@@ -201,9 +307,12 @@ class Client:
         labels: ArrayLike | int | None = None,
         model: str | None = None,
     ) -> Encoding:
-        body = self._r.body(
+        body = self._r.with_array(
+            "/encode",
+            "inputs",
+            inputs,
+            "application/json",
             model=model,
-            inputs=_list(inputs),
             labels=_labels(labels),
             samples_per_input=samples_per_input or None,
             seed=seed,
@@ -213,13 +322,15 @@ class Client:
     def decode(
         self, z: ArrayLike, *, labels: ArrayLike | int | None = None, model: str | None = None
     ) -> NDArray[np.float32]:
-        body = self._r.body(model=model, z=_list(z), labels=_labels(labels))
+        body = self._r.with_array("/decode", "z", z, NPY, model=model, labels=_labels(labels))
         return self._r.array(self._post("/decode", body, NPY))
 
     def reconstruct(
         self, inputs: ArrayLike, *, labels: ArrayLike | int | None = None, model: str | None = None
     ) -> NDArray[np.float32]:
-        body = self._r.body(model=model, inputs=_list(inputs), labels=_labels(labels))
+        body = self._r.with_array(
+            "/reconstruct", "inputs", inputs, NPY, model=model, labels=_labels(labels)
+        )
         return self._r.array(self._post("/reconstruct", body, NPY))
 
     def interpolate(
@@ -256,9 +367,12 @@ class Client:
         labels: ArrayLike | int | None = None,
         model: str | None = None,
     ) -> AnomalyScores:
-        body = self._r.body(
+        body = self._r.with_array(
+            "/anomaly-score",
+            "inputs",
+            inputs,
+            "application/json",
             model=model,
-            inputs=_list(inputs),
             method=method,
             k=k,
             seed=seed,
@@ -279,13 +393,16 @@ class AsyncClient:
         model: str | None = None,
         api_key: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        retries: RetryPolicy | int | None = RetryPolicy(),  # noqa: B008 (frozen, shared)
+        npy_body_bytes: int = NPY_BODY_BYTES,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(
             base_url=base_url, timeout=timeout, headers=headers, transport=transport
         )
-        self._r = _Requests(model)
+        self._r = _Requests(model, npy_body_bytes)
+        self.retry = _retry_policy(retries)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -296,19 +413,29 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(self.retry.attempts):
+            last = attempt == self.retry.attempts - 1
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if last:
+                    raise ConnectionFailed(f"{method} {path}: {exc}") from exc
+                await asyncio.sleep(self.retry.wait_s(attempt, None))
+                continue
+            if last or response.status_code not in self.retry.statuses:
+                return response
+            await asyncio.sleep(self.retry.wait_s(attempt, _retry_after(response)))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     async def _post(
-        self, path: str, body: dict[str, Any], accept: str = "application/json"
+        self, path: str, body: dict[str, Any] | _Request, accept: str = "application/json"
     ) -> httpx.Response:
-        try:
-            return await self._http.post(path, json=body, headers={"Accept": accept})
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(f"POST {path}: {exc}") from exc
+        request = body if isinstance(body, _Request) else _Request(path, accept, json_body=body)
+        return await self._send("POST", path, **request.kwargs())
 
     async def _get(self, path: str) -> httpx.Response:
-        try:
-            return await self._http.get(path)
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(f"GET {path}: {exc}") from exc
+        return await self._send("GET", path)
 
     async def models(self) -> list[dict[str, Any]]:
         models: list[dict[str, Any]] = self._r.json(await self._get("/models"))["models"]
@@ -346,9 +473,12 @@ class AsyncClient:
         labels: ArrayLike | int | None = None,
         model: str | None = None,
     ) -> Encoding:
-        body = self._r.body(
+        body = self._r.with_array(
+            "/encode",
+            "inputs",
+            inputs,
+            "application/json",
             model=model,
-            inputs=_list(inputs),
             labels=_labels(labels),
             samples_per_input=samples_per_input or None,
             seed=seed,
@@ -358,13 +488,15 @@ class AsyncClient:
     async def decode(
         self, z: ArrayLike, *, labels: ArrayLike | int | None = None, model: str | None = None
     ) -> NDArray[np.float32]:
-        body = self._r.body(model=model, z=_list(z), labels=_labels(labels))
+        body = self._r.with_array("/decode", "z", z, NPY, model=model, labels=_labels(labels))
         return self._r.array(await self._post("/decode", body, NPY))
 
     async def reconstruct(
         self, inputs: ArrayLike, *, labels: ArrayLike | int | None = None, model: str | None = None
     ) -> NDArray[np.float32]:
-        body = self._r.body(model=model, inputs=_list(inputs), labels=_labels(labels))
+        body = self._r.with_array(
+            "/reconstruct", "inputs", inputs, NPY, model=model, labels=_labels(labels)
+        )
         return self._r.array(await self._post("/reconstruct", body, NPY))
 
     async def sample_png(
@@ -418,9 +550,12 @@ class AsyncClient:
         labels: ArrayLike | int | None = None,
         model: str | None = None,
     ) -> AnomalyScores:
-        body = self._r.body(
+        body = self._r.with_array(
+            "/anomaly-score",
+            "inputs",
+            inputs,
+            "application/json",
             model=model,
-            inputs=_list(inputs),
             method=method,
             k=k,
             seed=seed,
