@@ -234,3 +234,12 @@ async def test_request_timeout_header(client) -> None:
     for bad in ("soon", "0", "-1", "nan"):
         r = await client.post("/sample", json={}, headers={"x-request-timeout": bad})
         assert r.status_code == 422 and r.json()["error"]["field"] == "X-Request-Timeout"
+
+
+@pytest.mark.parametrize("name", ["digits-vae", "mnist-conv-vae", "mnist-cvae", "mnist-dcgan"])
+def test_every_score_method_of_a_bundled_model_is_calibrated(name: str) -> None:
+    manifest = _manifest(name)
+    methods = {m.value for m in Capabilities.of(manifest).score_methods}
+    assert set(manifest.calibration) == methods
+    for c in manifest.calibration.values():
+        assert c.quantiles["0.5"] < c.threshold <= c.quantiles["0.999"]

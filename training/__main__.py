@@ -197,6 +197,7 @@ def calibrate(
     """Recompute the anomaly thresholds of MODEL_DIR on a validation split."""
     from service.manifest import Manifest
     from training.calibrate import calibrate as run_calibration
+    from training.card import refresh_calibration
     from training.data import load_dataset
 
     manifest = Manifest.load(model_dir)
@@ -215,6 +216,7 @@ def calibrate(
         f"{dataset} validation split",
         percentile=percentile,
     )
+    refresh_calibration(model_dir, manifest)
     for c in manifest.calibration.values():
         typer.echo(f"{c.method}: threshold {c.threshold:.5g} at p{c.percentile:g} (n={c.n})")
 

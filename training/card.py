@@ -72,15 +72,7 @@ def write_card(
         "| --- | --- |",
         *[f"| {k} | {v:.4g} |" for k, v in sorted(manifest.metrics.items())],
         "",
-        "## Anomaly-score calibration",
-        "",
-        "| method | held-out data | n | percentile | threshold | median |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *[
-            f"| {c.method} | {c.dataset} | {c.n} | {c.percentile:g} | {c.threshold:.4g} | "
-            f"{c.quantiles.get('0.5', float('nan')):.4g} |"
-            for c in manifest.calibration.values()
-        ],
+        *_calibration_section(manifest),
         "",
         extra_sections,
         "## Reproduce",
@@ -140,3 +132,35 @@ def record_metrics(folder: Path, metrics: dict[str, float]) -> Manifest:
             ]
             card.write_text(head + sep + "\n".join(table) + nxt + tail)
     return manifest
+
+
+_CALIBRATION_HEADING = "## Anomaly-score calibration"
+
+
+def _calibration_section(manifest: Manifest) -> list[str]:
+    return [
+        _CALIBRATION_HEADING,
+        "",
+        "| method | held-out data | n | percentile | threshold | median |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *[
+            f"| {c.method} | {c.dataset} | {c.n} | {c.percentile:g} | {c.threshold:.4g} | "
+            f"{c.quantiles.get('0.5', float('nan')):.4g} |"
+            for c in manifest.calibration.values()
+        ],
+    ]
+
+
+def refresh_calibration(folder: Path, manifest: Manifest) -> None:
+    """Rewrite the card's calibration table after `calibrate`, leaving the rest of the card."""
+    path = folder / "README.md"
+    if not path.is_file():
+        return
+    text = path.read_text()
+    start = text.find(_CALIBRATION_HEADING)
+    if start < 0:
+        return
+    end = text.find("\n## ", start + len(_CALIBRATION_HEADING))
+    end = len(text) if end < 0 else end + 1
+    table = "\n".join(_calibration_section(manifest)) + "\n\n"
+    path.write_text(text[:start] + table + text[end:])
