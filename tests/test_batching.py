@@ -220,3 +220,17 @@ async def test_large_call_on_an_idle_queue_is_admitted(executor) -> None:
     out = await b.run({"x": np.ones((3, 2), np.float32)})
     assert out[0].shape == (3, 2)
     await b.close()
+
+
+async def test_sustained_rate_replaces_an_optimistic_estimate(executor) -> None:
+    """A rate measured on an idle machine (here 40,000 rows/s) gives way, once the queue stays
+    busy, to what the part really completes (4 rows per 20 ms batch: 200 rows/s)."""
+    cfg = BatchingConfig(max_batch_size=4, max_queue_rows=10_000, max_queue_wait_s=60)
+    b = Batcher("m/p", Recorder(0.02), executor, cfg)
+    b.observe_rate(4, 0.0001)
+    assert b.rows_per_second == pytest.approx(40_000)
+    calls = [asyncio.create_task(b.run({"x": np.zeros((2, 2), np.float32)})) for _ in range(40)]
+    await asyncio.gather(*calls[:30])
+    assert b.rows_per_second is not None and 100 < b.rows_per_second < 250
+    await asyncio.gather(*calls[30:])
+    await b.close()

@@ -8,9 +8,11 @@ Triton's model instances: ONNX Runtime sessions are thread-safe); the next batch
 when a slot frees, so while every slot is busy newcomers queue and batches grow with load,
 without any wait at low load.
 
-Admission is by time, not by a row count: each session measures the rows per second its batches
-run at, and a call is admitted only while the queue's expected wait (the rows queued ahead of it
-over that rate) stays under `max_queue_wait_s`. Past it the call fails at once with
+Admission is by time, not by a row count: each session measures the rows per second it completes
+while its queue stays busy (so every kind of contention counts: the other batch slots, the event
+loop, other processes), and before that the rate of one batch at a time per size; a call is
+admitted only while the queue's expected wait (the rows queued ahead of it over that rate) stays
+under `max_queue_wait_s`. Past it the call fails at once with
 `Overloaded` and a retry delay computed from that wait, so clients are told how long the queue
 needs instead of being queued behind work that would not finish in time. A call that carries a
 deadline (`request_deadline`, set by the data plane from the request's timeout) is refused when
@@ -45,6 +47,8 @@ request_deadline: ContextVar[float | None] = ContextVar("request_deadline", defa
 """`time.perf_counter()` value by which the current request must be answered, or None."""
 
 _RATE_SMOOTHING = 0.2  # weight of the newest batch in the rows-per-second average
+_SUSTAINED_WINDOW = 32  # completions under load that the sustained rate looks back on
+_MIN_SUSTAINED = 4
 
 
 class BatchObserver(Protocol):
@@ -114,6 +118,7 @@ class Batcher:
         self._slots: asyncio.Semaphore | None = None  # created on the serving loop
         self._closed = False
         self._rates: dict[int, float] = {}  # batch-size bucket -> smoothed rows/s of one batch
+        self._busy_completions: deque[tuple[float, int]] = deque(maxlen=_SUSTAINED_WINDOW)
 
     @property
     def queued_rows(self) -> int:
@@ -121,9 +126,11 @@ class Batcher:
 
     @property
     def rows_per_second(self) -> float | None:
-        """Measured throughput with full batches in every slot (None: never run)."""
-        rate = self._rate_for(self._cfg.max_batch_size)
-        return None if rate is None else rate * self._cfg.max_concurrent_batches
+        """Throughput that admission assumes: sustained under load (rows completed per second
+        while the queue stayed busy, all contention included), else one full batch at a time
+        (the conservative reading before the part has been loaded). None: never run."""
+        sustained = self._sustained_rate()
+        return sustained if sustained is not None else self._rate_for(self._cfg.max_batch_size)
 
     def observe_rate(self, rows: int, seconds: float) -> None:
         """Fold one run of `rows` rows that took `seconds` into the rate of its batch size."""
@@ -156,8 +163,23 @@ class Batcher:
     def expected_wait_s(self, rows: int = 0) -> float:
         """Seconds until the queued rows, plus `rows` more, have run (0 before any measurement)."""
         queued = self._queued_rows + rows
-        rate = self._rate_for(queued)
-        return 0.0 if rate is None else queued / (rate * self._cfg.max_concurrent_batches)
+        rate = self._sustained_rate() or self._rate_for(queued)
+        return 0.0 if rate is None else queued / rate
+
+    def _sustained_rate(self) -> float | None:
+        """Rows per second over the recent completions that found the queue still busy."""
+        done = self._busy_completions
+        if len(done) < _MIN_SUSTAINED:
+            return None
+        span = done[-1][0] - done[0][0]
+        rows = sum(r for _, r in list(done)[1:])
+        return rows / span if span > 0 else None
+
+    def _record_completion(self, rows: int) -> None:
+        if self._queue or len(self._running) > 1:  # more work waiting: the part is saturated
+            self._busy_completions.append((time.perf_counter(), rows))
+        else:
+            self._busy_completions.clear()
 
     def admit(self, rows: int) -> float | None:
         """Refuse a call of `rows` rows that the queue cannot serve in time; return its deadline.
@@ -297,6 +319,7 @@ class Batcher:
         run_s = time.perf_counter() - started
         rows = sum(c.rows for c in live)
         self.observe_rate(rows, run_s)
+        self._record_completion(rows)
         parts = [outputs] if len(live) == 1 else split_rows(outputs, [c.rows for c in live])
         for c, out in zip(live, parts, strict=True):
             if not c.future.done():
