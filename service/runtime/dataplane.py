@@ -115,11 +115,9 @@ def choose_default_model(
         if not explicit:
             return only, None
         return only, f"the default model {configured!r} is not in the repository; {only!r} is"
-    what = (
-        f"the default model {configured!r} is not in the repository"
-        if configured
-        else ("no default model is set")
-    )
+    what = "no default model is set"
+    if configured:
+        what = f"the default model {configured!r} is not in the repository"
     return None, f"{what}, so every request must name a model (loaded: {names})"
 
 
