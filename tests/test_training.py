@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,7 @@ from training.calibrate import load_exported, score
 from training.card import record_metrics, reproduce_commands, write_card
 from training.config import ModelConfig, TrainConfig
 from training.data import load_digits
-from training.export import export_checkpoint
+from training.export import export_checkpoint, quiet_exporter
 from training.idx import read_idx
 from training.losses import kl_to_standard_normal, reconstruction_nll
 from training.models import VAE
@@ -164,3 +168,48 @@ def test_evaluation_figures_are_recorded_in_manifest_and_card(trained, tmp_path:
     assert "| iwae_nll_nats | 21.5 |" in card and "| test_images | 360 |" in card
     assert card.index("## Metrics") < card.index("| iwae_nll_nats") < card.index("## Anomaly")
     assert card.count("| metric | value |") == 1
+
+
+def test_export_prints_no_exporter_notices(trained, tmp_path: Path) -> None:
+    """`python -m training export` prints its own lines only: none of torch.onnx's step-by-step
+    lines, skipped-torchvision warnings or LeafSpec FutureWarnings (8 + 4 + 1 per part before)."""
+    _, ckpt_path = trained
+    folder = tmp_path / "tiny"
+    out = subprocess.run(
+        [sys.executable, "-m", "training", "export", str(ckpt_path), "--out", str(folder)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"exported tiny to {folder}\n"
+    lines = out.stderr.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["INFO training.export"] * 2, out.stderr
+    assert lines[0].startswith(f"INFO training.export: exported {folder / 'encoder.onnx'}: max")
+
+
+def test_quiet_exporter_drops_only_the_two_notices() -> None:
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    registry.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with quiet_exporter():
+                registry.warning("torchvision is not installed. Skipping %s", "torchvision::nms")
+                registry.warning("some other registry problem")
+                leaf = "`isinstance(treespec, LeafSpec)` is deprecated, use ..."
+                warnings.warn(leaf, FutureWarning, stacklevel=1)
+                warnings.warn("another deprecation", FutureWarning, stacklevel=1)
+            registry.warning("torchvision is not installed. Skipping %s", "torchvision::nms")
+    finally:
+        registry.removeHandler(handler)
+    assert seen == [
+        "some other registry problem",
+        "torchvision is not installed. Skipping torchvision::nms",  # outside the export
+    ]
+    assert [str(w.message) for w in caught] == ["another deprecation"]
+    assert registry.filters == []
