@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import math
+import re
 import subprocess
 import sys
 import warnings
@@ -14,11 +17,13 @@ import pytest
 import torch
 
 from service.manifest import Manifest
+from training import progress
 from training.calibrate import load_exported, score
 from training.card import record_metrics, reproduce_commands, write_card
 from training.config import ModelConfig, TrainConfig
 from training.data import load_digits
 from training.export import export_checkpoint, quiet_exporter
+from training.gan import train_gan
 from training.idx import read_idx
 from training.losses import kl_to_standard_normal, reconstruction_nll
 from training.models import VAE
@@ -213,3 +218,58 @@ def test_quiet_exporter_drops_only_the_two_notices() -> None:
     ]
     assert [str(w.message) for w in caught] == ["another deprecation"]
     assert registry.filters == []
+
+
+RATE = r"(?:batch/s|s/batch)"  # tqdm turns the rate over below one batch a second
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _bars(monkeypatch: pytest.MonkeyPatch, terminal: bool) -> io.StringIO:
+    """Capture what training draws on stderr, redrawn on every step (not at most ten times a
+    second, which on a fast machine may skip every batch of a tiny epoch)."""
+    screen = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", screen)
+    monkeypatch.setattr(progress, "REDRAW_S", 0.0)
+    return screen
+
+
+def test_training_shows_each_batch_in_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    splits = load_digits(seed=0)
+    n = math.ceil(len(splits.train) / 256)
+    cfg = ModelConfig(kind="vae", latent_dim=2, hidden=(16,))
+    screen = _bars(monkeypatch, terminal=True)
+    train(cfg, TrainConfig(epochs=2, batch_size=256), tmp_path / "a", splits=splits)
+    text = screen.getvalue()
+    for epoch in (1, 2):
+        bar = rf"epoch {epoch}/2: 100%\|.*\| {n}/{n} \[[^]]*{RATE}, loss=\d+\.\d\d\]"
+        assert re.search(bar, text), text
+    assert re.search(r"epochs: 100%\|.*\| 2/2 .*train_loss=\d+\.\d\d, val_loss=\d+\.\d\d\]", text)
+
+    # Redirected to a file or pipe, only the epoch bar and its summary are written.
+    piped = _bars(monkeypatch, terminal=False)
+    train(cfg, TrainConfig(epochs=1, batch_size=256), tmp_path / "b", splits=splits)
+    assert "batch" not in piped.getvalue()
+    assert re.search(r"epochs: 100%\|.*\| 1/1 .*val_loss=", piped.getvalue())
+
+
+def test_gan_training_shows_each_batch_in_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    splits = load_digits(seed=0, flat=False)
+    n = len(splits.train) // 256  # the last, partial batch is dropped
+    cfg = ModelConfig(
+        kind="gan", arch="conv", input_shape=(1, 8, 8), image_shape=(1, 8, 8), latent_dim=2,
+        hidden=(4,),
+    )  # fmt: skip
+    screen = _bars(monkeypatch, terminal=True)
+    train_gan(cfg, TrainConfig(epochs=1, batch_size=256), tmp_path, splits=splits)
+    text = screen.getvalue()
+    bar = rf"epoch 1/1: 100%\|.*\| {n}/{n} \[[^]]*{RATE}, d_loss=\d\.\d+, g_loss=\d\.\d+\]"
+    assert re.search(bar, text), text
+    assert re.search(r"epochs: 100%\|.*\| 1/1 .*d_loss=\d\.\d+, g_loss=\d\.\d+\]", text)
