@@ -107,3 +107,10 @@ def test_the_real_entry_point_prints_one_line(empty_cache: Path) -> None:
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.count("\n") == 1 and f"`{FIX}`" in out.stderr, out.stderr
 
+
+def test_gans_refuse_resume_instead_of_restarting(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        training_cli, ["train", "--model", "gan", "--resume", "--out", str(tmp_path / "run")]
+    )
+    assert result.exit_code == 2 and "GANs cannot resume yet" in result.output
+    assert not (tmp_path / "run").exists()

@@ -134,6 +134,8 @@ def train(
 
     if model in ("gan", "cgan"):
         arch = "conv"
+        if resume:  # train_gan starts from epoch 0: a silent restart would undo the run
+            raise typer.BadParameter("GANs cannot resume yet: train them in one run")
     if dataset == "arrays" and arch != "mlp":
         raise typer.BadParameter("tabular arrays need --arch mlp (and a VAE or AE)")
     train_cfg = TrainConfig(
