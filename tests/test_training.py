@@ -116,6 +116,7 @@ def test_export_matches_pytorch_and_serves(trained, tmp_path: Path) -> None:
     manifest = export_checkpoint(ckpt, folder, "tiny-vae")
     assert (folder / "encoder.onnx").exists() and (folder / "decoder.onnx").exists()
     assert Manifest.load(folder).model_dump(mode="json") == manifest.model_dump(mode="json")
+    assert manifest.training["phases"] == [{"to_epoch": 8, "lr": TrainConfig().lr}]
     model = load_exported(folder)
     x = load_digits(seed=0).test.x[:50]
     import asyncio

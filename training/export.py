@@ -242,7 +242,13 @@ def export_checkpoint(
         num_classes=cfg.num_classes,
         likelihood="bernoulli",
         parts=parts,
-        training={"model": to_dict(cfg), "train": to_dict(ckpt.train_config), "epochs": ckpt.epoch},
+        training={
+            "model": to_dict(cfg),
+            "train": to_dict(ckpt.train_config),
+            "epochs": ckpt.epoch,
+            # each learning-rate phase (a resume with a new --lr starts one), as the card replays
+            "phases": ckpt.history or [{"to_epoch": ckpt.epoch, "lr": ckpt.train_config.lr}],
+        },
         metrics={k: float(v) for k, v in ckpt.metrics.items() if math.isfinite(v)},
     )
     manifest.save(out_dir)
