@@ -8,14 +8,14 @@ import signal
 import subprocess
 import sys
 import threading
-import time
+from collections.abc import Callable
 
 import httpx
 import numpy as np
 import pytest
 
 from service.client import APIError, AsyncClient, Client, ConnectionFailed
-from tests.conftest import MODELS, LiveServer
+from tests.conftest import MODELS, LiveServer, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -120,32 +120,42 @@ def test_client_installs_without_server_dependencies() -> None:
 def test_sigterm_finishes_in_flight_requests(tmp_path) -> None:
     server = LiveServer({"LATENTSERVE_MODEL_REPOSITORY": str(MODELS)}).start()
     results: list[int | str] = []
+    rows, k, requests = 256, 1024, 4
 
     def slow_request() -> None:
         try:  # iwae with large k takes a noticeable time on CPU
             r = httpx.post(
                 f"{server.url}/anomaly-score",
-                json={"inputs": [[0.5] * 64] * 256, "method": "iwae", "k": 1024},
+                json={"inputs": [[0.5] * 64] * rows, "method": "iwae", "k": k},
                 timeout=60,
             )
             results.append(r.status_code)
         except httpx.HTTPError as exc:
             results.append(type(exc).__name__)
 
-    threads = [threading.Thread(target=slow_request) for _ in range(4)]
-    for t in threads:
-        t.start()
-    time.sleep(0.3)
-    assert server.proc is not None
-    server.proc.send_signal(signal.SIGTERM)
-    signalled = time.perf_counter()
-    for t in threads:
-        t.join(60)
-    drained_s = time.perf_counter() - signalled
-    server.proc.wait(30)
-    log = server.stop()
-    assert drained_s > 0.2, "the requests finished before SIGTERM: nothing was in flight"
-    assert results == [200] * 4, log
+    def encoded_rows() -> float:
+        """Rows the encoder has run: each request passes it first, then spends most of its time
+        in the decoder (rows * k rows)."""
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+        pattern = r'^latentserve_batch_size_sum\{part="digits-vae/encoder"\} (\S+)$'
+        match = re.search(pattern, text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    threads = [threading.Thread(target=slow_request) for _ in range(requests)]
+    try:
+        for t in threads:
+            t.start()
+        wait_for(lambda: encoded_rows() >= requests * rows, "every request reached the model")
+        answered_before = len(results)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+        server.proc.wait(30)
+    finally:
+        log = server.stop()
+    assert answered_before == 0, "a request finished before SIGTERM: it was not in flight"
+    assert results == [200] * requests, log
     assert '"message": "shut down"' in log
 
 
@@ -193,16 +203,20 @@ def test_reload_under_load_against_a_real_server(model_copy) -> None:
                 statuses.append(r.status_code)
                 i += 1
 
+    def answered(more: int) -> Callable[[], bool]:
+        target = len(statuses) + more
+        return lambda: len(statuses) >= target
+
     try:
         threads = [threading.Thread(target=hammer, args=(s,)) for s in range(6)]
         for t in threads:
             t.start()
         for version in ("2", "3"):
-            time.sleep(0.2)
+            wait_for(answered(10), "10 requests under load before the reload")
             Manifest.load(folder).model_copy(update={"version": version}).save(folder)
             r = httpx.post(f"{server.url}/models/digits-vae/reload", timeout=30)
             assert r.status_code == 200 and r.json()["version"] == version
-        time.sleep(0.2)
+        wait_for(answered(10), "10 requests after the last reload")
         stop.set()
         for t in threads:
             t.join(30)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import math
+import re
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +17,13 @@ import pytest
 import torch
 
 from service.manifest import Manifest
+from training import progress
 from training.calibrate import load_exported, score
 from training.card import record_metrics, reproduce_commands, write_card
 from training.config import ModelConfig, TrainConfig
 from training.data import load_digits
-from training.export import export_checkpoint
+from training.export import export_checkpoint, quiet_exporter
+from training.gan import train_gan
 from training.idx import read_idx
 from training.losses import kl_to_standard_normal, reconstruction_nll
 from training.models import VAE
@@ -107,6 +116,7 @@ def test_export_matches_pytorch_and_serves(trained, tmp_path: Path) -> None:
     manifest = export_checkpoint(ckpt, folder, "tiny-vae")
     assert (folder / "encoder.onnx").exists() and (folder / "decoder.onnx").exists()
     assert Manifest.load(folder).model_dump(mode="json") == manifest.model_dump(mode="json")
+    assert manifest.training["phases"] == [{"to_epoch": 8, "lr": TrainConfig().lr}]
     model = load_exported(folder)
     x = load_digits(seed=0).test.x[:50]
     import asyncio
@@ -164,3 +174,103 @@ def test_evaluation_figures_are_recorded_in_manifest_and_card(trained, tmp_path:
     assert "| iwae_nll_nats | 21.5 |" in card and "| test_images | 360 |" in card
     assert card.index("## Metrics") < card.index("| iwae_nll_nats") < card.index("## Anomaly")
     assert card.count("| metric | value |") == 1
+
+
+def test_export_prints_no_exporter_notices(trained, tmp_path: Path) -> None:
+    """`python -m training export` prints its own lines only: none of torch.onnx's step-by-step
+    lines, skipped-torchvision warnings or LeafSpec FutureWarnings (8 + 4 + 1 per part before)."""
+    _, ckpt_path = trained
+    folder = tmp_path / "tiny"
+    out = subprocess.run(
+        [sys.executable, "-m", "training", "export", str(ckpt_path), "--out", str(folder)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"exported tiny to {folder}\n"
+    lines = out.stderr.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["INFO training.export"] * 2, out.stderr
+    assert lines[0].startswith(f"INFO training.export: exported {folder / 'encoder.onnx'}: max")
+
+
+def test_quiet_exporter_drops_only_the_two_notices() -> None:
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    registry.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with quiet_exporter():
+                registry.warning("torchvision is not installed. Skipping %s", "torchvision::nms")
+                registry.warning("some other registry problem")
+                leaf = "`isinstance(treespec, LeafSpec)` is deprecated, use ..."
+                warnings.warn(leaf, FutureWarning, stacklevel=1)
+                warnings.warn("another deprecation", FutureWarning, stacklevel=1)
+            registry.warning("torchvision is not installed. Skipping %s", "torchvision::nms")
+    finally:
+        registry.removeHandler(handler)
+    assert seen == [
+        "some other registry problem",
+        "torchvision is not installed. Skipping torchvision::nms",  # outside the export
+    ]
+    assert [str(w.message) for w in caught] == ["another deprecation"]
+    assert registry.filters == []
+
+
+RATE = r"(?:batch/s|s/batch)"  # tqdm turns the rate over below one batch a second
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _bars(monkeypatch: pytest.MonkeyPatch, terminal: bool) -> io.StringIO:
+    """Capture what training draws on stderr, redrawn on every step (not at most ten times a
+    second, which on a fast machine may skip every batch of a tiny epoch)."""
+    screen = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", screen)
+    monkeypatch.setattr(progress, "REDRAW_S", 0.0)
+    return screen
+
+
+def test_training_shows_each_batch_in_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    splits = load_digits(seed=0)
+    n = math.ceil(len(splits.train) / 256)
+    cfg = ModelConfig(kind="vae", latent_dim=2, hidden=(16,))
+    screen = _bars(monkeypatch, terminal=True)
+    train(cfg, TrainConfig(epochs=2, batch_size=256), tmp_path / "a", splits=splits)
+    text = screen.getvalue()
+    for epoch in (1, 2):
+        bar = rf"epoch {epoch}/2: 100%\|.*\| {n}/{n} \[[^]]*{RATE}, loss=\d+\.\d\d\]"
+        assert re.search(bar, text), text
+    assert re.search(r"epochs: 100%\|.*\| 2/2 .*train_loss=\d+\.\d\d, val_loss=\d+\.\d\d\]", text)
+
+    # Redirected to a file or pipe, only the epoch bar and its summary are written.
+    piped = _bars(monkeypatch, terminal=False)
+    train(cfg, TrainConfig(epochs=1, batch_size=256), tmp_path / "b", splits=splits)
+    assert "batch" not in piped.getvalue()
+    assert re.search(r"epochs: 100%\|.*\| 1/1 .*val_loss=", piped.getvalue())
+
+
+def test_gan_training_shows_each_batch_in_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    splits = load_digits(seed=0, flat=False)
+    n = len(splits.train) // 256  # the last, partial batch is dropped
+    cfg = ModelConfig(
+        kind="gan", arch="conv", input_shape=(1, 8, 8), image_shape=(1, 8, 8), latent_dim=2,
+        hidden=(4,),
+    )  # fmt: skip
+    screen = _bars(monkeypatch, terminal=True)
+    train_gan(cfg, TrainConfig(epochs=1, batch_size=256), tmp_path, splits=splits)
+    text = screen.getvalue()
+    bar = rf"epoch 1/1: 100%\|.*\| {n}/{n} \[[^]]*{RATE}, d_loss=\d\.\d+, g_loss=\d\.\d+\]"
+    assert re.search(bar, text), text
+    assert re.search(r"epochs: 100%\|.*\| 1/1 .*d_loss=\d\.\d+, g_loss=\d\.\d+\]", text)

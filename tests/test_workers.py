@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from service.manifest import Manifest
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, wait_for
 
 
 async def _until(check: Any, timeout_s: float = 5.0) -> None:
@@ -91,10 +90,13 @@ def test_two_worker_processes_sum_metrics_and_follow_reloads(model_copy: Path) -
         Manifest.load(folder).model_copy(update={"version": "2"}).save(folder)
         r = httpx.post(f"{server.url}/models/digits-vae/reload")
         assert r.status_code == 200 and r.json()["version"] == "2"
-        time.sleep(1.5)  # three poll intervals
         url = f"{server.url}/models/digits-vae"
-        versions = {httpx.get(url).json()["version"] for _ in range(20)}
-        assert versions == {"2"}
+
+        def every_process_serves_version_2() -> bool:
+            # a new connection each time, so both processes answer some of the 20
+            return {httpx.get(url).json()["version"] for _ in range(20)} == {"2"}
+
+        wait_for(every_process_serves_version_2, "the reload reached the other process")
     finally:
         log = server.stop()
     assert "Traceback" not in log, log

@@ -47,16 +47,43 @@ def _image_shape(size: str, channels: int) -> tuple[int, int, int]:
     return shape
 
 
-def _load_training_data(tc: TrainConfig, flat: bool) -> Splits:
-    """The data a checkpoint was trained on, split as it was."""
+def _load_data(
+    dataset: str,
+    data_dir: str | None,
+    *,
+    seed: int = 0,
+    flat: bool,
+    image_shape: tuple[int, int, int] | None = None,
+    label_column: str | None = None,
+) -> Splits:
+    """`load_dataset` for every command. What the loaders raise for data the user supplies (a
+    dataset not yet downloaded, a folder without its files, an unreadable table) is printed as
+    one line on stderr, exit code 2: the fix is a command or a flag, which the message names,
+    and a stack trace through numpy would only hide it."""
     from training.data import load_dataset
 
-    return load_dataset(
+    try:
+        return load_dataset(
+            dataset,
+            data_dir,
+            seed=seed,
+            flat=flat,
+            image_shape=image_shape or (1, 28, 28),
+            label_column=label_column,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _load_training_data(tc: TrainConfig, flat: bool) -> Splits:
+    """The data a checkpoint was trained on, split as it was."""
+    return _load_data(
         tc.dataset,
         tc.data_dir,
         seed=tc.seed,
         flat=flat,
-        image_shape=tc.image_shape or (1, 28, 28),
+        image_shape=tc.image_shape,
         label_column=tc.label_column,
     )
 
@@ -107,6 +134,8 @@ def train(
 
     if model in ("gan", "cgan"):
         arch = "conv"
+        if resume:  # train_gan starts from epoch 0: a silent restart would undo the run
+            raise typer.BadParameter("GANs cannot resume yet: train them in one run")
     if dataset == "arrays" and arch != "mlp":
         raise typer.BadParameter("tabular arrays need --arch mlp (and a VAE or AE)")
     train_cfg = TrainConfig(
@@ -198,16 +227,14 @@ def calibrate(
     from service.manifest import Manifest
     from training.calibrate import calibrate as run_calibration
     from training.card import refresh_calibration
-    from training.data import load_dataset
 
     manifest = Manifest.load(model_dir)
-    shape = manifest.input.image_shape
-    splits = load_dataset(
+    splits = _load_data(
         dataset,
         data_dir,
         seed=seed,
         flat=len(manifest.input.shape) == 1,
-        image_shape=shape or (1, 28, 28),
+        image_shape=manifest.input.image_shape,
         label_column=label_column,
     )
     manifest = run_calibration(
@@ -244,15 +271,14 @@ def evaluate(
     from service.manifest import Manifest
     from training.calibrate import load_exported
     from training.classifier import load_or_train
-    from training.data import load_dataset
     from training.evaluate import likelihood_metrics, sample_quality, tabular_scores
 
     manifest = Manifest.load(model_dir)
-    splits = load_dataset(
+    splits = _load_data(
         dataset,
         data_dir,
         flat=len(manifest.input.shape) == 1,
-        image_shape=manifest.input.image_shape or (1, 28, 28),
+        image_shape=manifest.input.image_shape,
         label_column=label_column,
     )
     report: dict[str, float] = {}
@@ -286,12 +312,11 @@ def debias(
     seed: int = 0,
 ) -> None:
     """Train a classifier with DB-VAE resampling and write the final per-example weights."""
-    from training.data import load_dataset
     from training.debias import save_weights, train_debiased
 
-    splits = load_dataset(dataset, data_dir, seed=seed, flat=False)
     if combine not in ("product", "max"):
         raise typer.BadParameter("combine must be product or max")
+    splits = _load_data(dataset, data_dir, seed=seed, flat=False)
     result = train_debiased(
         splits.train,
         epochs,
@@ -324,11 +349,10 @@ def experiment(
     """Run an experiment of docs/evaluation.md and print its table (JSON)."""
     import json
 
-    from training.data import load_dataset
     from training.debias import Style
     from training.experiments import debias_experiment, one_class_table
 
-    splits = load_dataset(dataset, data_dir, seed=seed, flat=False)
+    splits = _load_data(dataset, data_dir, seed=seed, flat=False)
     if name == "one-class":
         rows = one_class_table(splits, epochs=epochs, latent_dim=latent_dim, seed=seed, arch=arch)
         typer.echo(json.dumps(rows, indent=2))

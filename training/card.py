@@ -87,14 +87,23 @@ def write_card(
     return path
 
 
+DOWNLOADABLE = ("mnist", "fashion-mnist")
+
+
 def reproduce_commands(ckpt: Checkpoint, out: Path) -> list[str]:
-    """The exact commands that rebuild this model folder, from the checkpoint's own config."""
+    """The exact commands that rebuild this model folder, from the checkpoint's own config.
+
+    MNIST and Fashion-MNIST come from the download cache, not from the `--data-dir` the run
+    happened to use: that folder was on the trainer's machine, and a reader's clone has only
+    the cache that `python -m training download` fills."""
     m, t = ckpt.model_config, ckpt.train_config
     run = f"runs/{out.name}"
     phases = ckpt.history or [{"to_epoch": ckpt.epoch, "lr": t.lr}]
+    cached = t.dataset in DOWNLOADABLE
+    download = [f"python -m training download {t.dataset}"] if cached else []
     train = [
         f"python -m training train --model {m.kind} --arch {m.arch} --dataset {t.dataset}"
-        + (f" --data-dir {t.data_dir}" if t.data_dir else "")
+        + (f" --data-dir {t.data_dir}" if t.data_dir and not cached else "")
         + (
             f" --image-size {t.image_shape[1]}x{t.image_shape[2]} --channels {t.image_shape[0]}"
             if t.image_shape is not None and t.dataset == "images"
@@ -108,7 +117,7 @@ def reproduce_commands(ckpt: Checkpoint, out: Path) -> list[str]:
         f" --beta {m.beta:g} --seed {t.seed} --out {run}" + (" --resume" if i else "")
         for i, phase in enumerate(phases)
     ]
-    return [*train, f"python -m training export {run}/checkpoint.pt --out {out}"]
+    return [*download, *train, f"python -m training export {run}/checkpoint.pt --out {out}"]
 
 
 def record_metrics(folder: Path, metrics: dict[str, float]) -> Manifest:

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.manifest import Normalization
-from training.idx import find_idx, read_idx
+from training.idx import IDX_FILES, find_idx, missing_idx, read_idx
 
 FloatArray = NDArray[np.float32]
 IntArray = NDArray[np.int64]
@@ -93,6 +93,17 @@ def load_idx_dataset(
 ) -> Splits:
     """MNIST-layout IDX files (MNIST, Fashion-MNIST) from a folder; the last `val_size` training
     images (after a seeded shuffle) are held out for validation and calibration."""
+    if missing := missing_idx(data_dir):
+        if not data_dir.is_dir():
+            what = "is not a folder"
+        elif len(missing) == len(IDX_FILES):
+            what = f"holds none of {name}'s IDX files"
+        else:
+            what = f"lacks {', '.join(missing)}"
+        raise FileNotFoundError(
+            f"--data-dir {data_dir} {what} ({name} needs {', '.join(IDX_FILES)}, each gzipped "
+            f"or not); or leave out --data-dir after `python -m training download {name}`"
+        )
     xs: dict[str, FloatArray] = {}
     ys: dict[str, IntArray] = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
@@ -137,7 +148,7 @@ def load_image_folder(
     if c not in (1, 3):
         raise ValueError(f"images need 1 (grayscale) or 3 (RGB) channels, not {c}")
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
+        raise FileNotFoundError(f"image folder {root} does not exist (--data-dir)")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and _image_files(d))
     files = [(f, i) for i, name in enumerate(classes) for f in _image_files(root / name)]
     if not classes:
@@ -208,6 +219,8 @@ def load_arrays(path: Path, seed: int = 0, label_column: str | None = None) -> S
     """Tabular data for anomaly detection: rows of numeric features. Each feature is min-max
     scaled to [0, 1] with the training split's range (the Bernoulli decoder's domain); the map
     back to raw units travels as `Splits.normalization` into the manifest."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--data-dir {path}: no such file (a .npy, .npz or .csv file)")
     x, y = _read_table(path, label_column)
     if len(x) < 10:
         raise ValueError(f"{path} holds {len(x)} rows; need at least 10 to split")

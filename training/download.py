@@ -18,14 +18,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from training.idx import read_idx
+from training.idx import IDX_FILES, read_idx
 
-FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+FILES = IDX_FILES
 
 
 @dataclass(frozen=True)
@@ -68,11 +63,13 @@ def default_cache_dir() -> Path:
 
 
 def cached_dataset_dir(name: str, cache_dir: Path | None = None) -> Path:
+    """The cache folder of `name`; FileNotFoundError (one line, naming the command that fills
+    it) when any of its files is missing, which the command line prints as its only output."""
     folder = (cache_dir or default_cache_dir()) / name
-    if not all((folder / f"{stem}.gz").exists() for stem in FILES):
+    if not all((folder / f"{stem}.gz").is_file() for stem in FILES):
         raise FileNotFoundError(
-            f"{name} is not in the cache ({folder}): pass --data-dir with its IDX files, or run "
-            f"`python -m training download {name}` once while online"
+            f"{name} is not in the download cache ({folder}): run `python -m training download "
+            f"{name}` once while online, or pass --data-dir with a folder of its IDX files"
         )
     return folder
 

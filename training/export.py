@@ -6,8 +6,11 @@ ONNX Runtime; an export whose outputs drift more than `MAX_ABS_ERROR` is refused
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +107,34 @@ def _like(example: Tensor, batch: int) -> Tensor:
     return torch.rand(batch, *example.shape[1:]) * 4 - 2
 
 
+class _DropTorchvisionNotice(logging.Filter):
+    """torch's ONNX registry warns, once per exported graph, for each torchvision operator it
+    skips because torchvision is not installed; our models use none of them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed")
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence the two notices torch.onnx prints for every part and no user can act on: the
+    skipped torchvision operators and the FutureWarning about `LeafSpec` that torch's own pytree
+    code triggers. Only those: any other warning of the export still shows."""
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    notice = _DropTorchvisionNotice()
+    registry_log.addFilter(notice)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore",
+                message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                category=FutureWarning,
+            )
+            yield
+    finally:
+        registry_log.removeFilter(notice)
+
+
 def export_graph(
     graph: nn.Module,
     inputs: dict[str, Tensor],
@@ -115,18 +146,20 @@ def export_graph(
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     dynamic = {name: {0: batch} for name in inputs}
     args = tuple(inputs.values())
-    torch.onnx.export(
-        graph,
-        args,
-        str(path),
-        input_names=list(inputs),
-        output_names=output_names,
-        dynamic_shapes=dynamic,
-        opset_version=OPSET,
-        external_data=False,
-        dynamo=True,
-        optimize=True,
-    )
+    with quiet_exporter():
+        torch.onnx.export(
+            graph,
+            args,
+            str(path),
+            input_names=list(inputs),
+            output_names=output_names,
+            dynamic_shapes=dynamic,
+            opset_version=OPSET,
+            external_data=False,
+            dynamo=True,
+            optimize=True,
+            verbose=False,  # its step-by-step lines, 8 per part; failures still raise
+        )
     # Check on a batch size different from the traced one, so the dynamic axis is exercised.
     check_inputs = {k: _like(v, 7) for k, v in inputs.items()}
     with torch.no_grad():
@@ -209,7 +242,13 @@ def export_checkpoint(
         num_classes=cfg.num_classes,
         likelihood="bernoulli",
         parts=parts,
-        training={"model": to_dict(cfg), "train": to_dict(ckpt.train_config), "epochs": ckpt.epoch},
+        training={
+            "model": to_dict(cfg),
+            "train": to_dict(ckpt.train_config),
+            "epochs": ckpt.epoch,
+            # each learning-rate phase (a resume with a new --lr starts one), as the card replays
+            "phases": ckpt.history or [{"to_epoch": ckpt.epoch, "lr": ckpt.train_config.lr}],
+        },
         metrics={k: float(v) for k, v in ckpt.metrics.items() if math.isfinite(v)},
     )
     manifest.save(out_dir)

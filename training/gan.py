@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from training.config import ModelConfig, TrainConfig, to_dict
 from training.data import Splits, load_dataset
 from training.losses import seed_everything
+from training.progress import batch_bar, epoch_bar
 
 
 class Generator(nn.Module):
@@ -123,12 +123,15 @@ def train_gan(
     metrics: dict[str, float] = {}
     path = out_dir / "checkpoint.pt"
     out_dir.mkdir(parents=True, exist_ok=True)
-    for epoch in tqdm(range(train_cfg.epochs), disable=not progress, desc="epochs"):
+    bar = epoch_bar(0, train_cfg.epochs, progress)
+    for epoch in bar:
         gan.train()
         order = torch.randperm(len(x_all), generator=g)
         d_sum = g_sum = 0.0
         n = 0
-        for i in range(0, len(order) - train_cfg.batch_size + 1, train_cfg.batch_size):
+        starts = range(0, len(order) - train_cfg.batch_size + 1, train_cfg.batch_size)
+        batches = batch_bar(starts, epoch, train_cfg.epochs, progress)
+        for i in batches:
             idx = order[i : i + train_cfg.batch_size]
             x, y = x_all[idx], y_all[idx]
             c = gan.onehot(y)
@@ -144,10 +147,13 @@ def train_gan(
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()  # type: ignore[no-untyped-call]
             opt_g.step()
-            d_sum += d_loss.item()
-            g_sum += g_loss.item()
+            d_value, g_value = d_loss.item(), g_loss.item()
+            d_sum += d_value
+            g_sum += g_value
             n += 1
+            batches.set_postfix(d_loss=f"{d_value:.3f}", g_loss=f"{g_value:.3f}", refresh=False)
         metrics = {"d_loss": d_sum / max(n, 1), "g_loss": g_sum / max(n, 1)}
+        bar.set_postfix(d_loss=f"{metrics['d_loss']:.3f}", g_loss=f"{metrics['g_loss']:.3f}")
         state: dict[str, Any] = {
             "model_config": to_dict(model_cfg),
             "train_config": to_dict(train_cfg),

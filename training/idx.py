@@ -26,8 +26,27 @@ def read_idx(path: Path) -> NDArray[np.uint8]:
     return arr.reshape(dims)
 
 
+# The four files of the MNIST layout (MNIST, Fashion-MNIST), each gzipped or not.
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def _candidates(data_dir: Path, stem: str) -> tuple[Path, Path]:
+    return data_dir / f"{stem}.gz", data_dir / stem
+
+
+def missing_idx(data_dir: Path) -> list[str]:
+    """The stems of `IDX_FILES` that `data_dir` lacks (in neither form), so a loader can name
+    every missing file at once instead of failing on the first."""
+    return [s for s in IDX_FILES if not any(p.is_file() for p in _candidates(data_dir, s))]
+
+
 def find_idx(data_dir: Path, stem: str) -> Path:
-    for candidate in (data_dir / f"{stem}.gz", data_dir / stem):
-        if candidate.exists():
+    for candidate in _candidates(data_dir, stem):
+        if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"{stem}(.gz) not found in {data_dir}")

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-from tqdm.auto import tqdm
 
 from training import distributed
 from training.config import ModelConfig, TrainConfig, to_dict
@@ -18,6 +17,7 @@ from training.data import Split, Splits, load_dataset
 from training.distributed import DistContext
 from training.losses import ae_loss, seed_everything, vae_loss
 from training.models import VAE, build_model
+from training.progress import batch_bar, epoch_bar
 
 log = logging.getLogger("training")
 
@@ -171,24 +171,27 @@ def train(
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     metrics: dict[str, float] = {}
-    bar = tqdm(
-        range(start_epoch, train_cfg.epochs), disable=not (progress and ctx.is_main), desc="epochs"
-    )
+    show = progress and ctx.is_main
+    bar = epoch_bar(start_epoch, train_cfg.epochs, show)
     for epoch in bar:
         model.train()
         loader = _loader(train_split, train_cfg.batch_size, True, train_cfg.seed + epoch, ctx)
-        for x, y in loader:
+        batches = batch_bar(loader, epoch, train_cfg.epochs, show)
+        for x, y in batches:
             if train_cfg.binarize:
                 x = torch.bernoulli(x)
             loss, parts = _step(model, x.to(device), y.to(device), forward)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+            batches.set_postfix(loss=f"{parts['loss']:.2f}", refresh=False)
         if ctx.is_main:
             val = binarized(splits.val, seed=0) if train_cfg.binarize else splits.val
             metrics = {f"val_{k}": v for k, v in evaluate_loss(model, val).items()}
             metrics["train_loss"] = parts["loss"]
-            bar.set_postfix(val_loss=f"{metrics['val_loss']:.2f}")
+            bar.set_postfix(
+                train_loss=f"{metrics['train_loss']:.2f}", val_loss=f"{metrics['val_loss']:.2f}"
+            )
             phases = [*history, {"to_epoch": epoch + 1, "lr": train_cfg.lr}]
             save_checkpoint(ckpt_path, model, optimizer, train_cfg, epoch + 1, metrics, phases)
         distributed.barrier(ctx)

@@ -25,7 +25,7 @@ from service.runtime.batching import BatchingConfig, BatchObserver
 from service.runtime.contract import F32, InputContract, Labels
 from service.runtime.parts import Part
 from service.runtime.scoring import RawScores
-from service.runtime.sessions import SessionConfig
+from service.runtime.sessions import ProviderState, SessionConfig
 
 InterpolationMode = Literal["linear", "spherical"]
 T = TypeVar("T")
@@ -59,11 +59,17 @@ class GenerativeModel:
         executor: Executor,
         observer: BatchObserver | None = None,
         manifest: Manifest | None = None,
+        provider_state: ProviderState | None = None,
     ) -> GenerativeModel:
+        """Load every part; `provider_state` is shared with the other models of the same owner
+        (the repository), so a GPU that failed to start for one part is not retried for each."""
         if manifest is None:
             manifest = Manifest.load(folder)
+        state = provider_state if provider_state is not None else ProviderState()
         parts = {
-            role: Part(manifest.name, role, spec, folder, session_cfg, batching, executor, observer)
+            role: Part(
+                manifest.name, role, spec, folder, session_cfg, batching, executor, observer, state
+            )
             for role, spec in manifest.parts.items()
         }
         sizes = tuple(sorted({1, batching.max_batch_size})) if batching.enabled else (1,)

@@ -12,7 +12,12 @@ import numpy as np
 from service.errors import ChecksumMismatch, ModelLoadError, ProviderUnavailable
 from service.manifest import OnnxPart, PartRole, sha256_file
 from service.runtime.batching import Batcher, BatchingConfig, BatchObserver, Feeds, Outputs
-from service.runtime.sessions import SessionConfig, create_session, provider_short_name
+from service.runtime.sessions import (
+    ProviderState,
+    SessionConfig,
+    create_session,
+    provider_short_name,
+)
 
 
 class Part:
@@ -28,6 +33,7 @@ class Part:
         batching: BatchingConfig,
         executor: Executor,
         observer: BatchObserver | None,
+        provider_state: ProviderState | None = None,
     ) -> None:
         use_fp16 = session_cfg.prefer_fp16 and spec.fp16_path is not None
         file, expected = (
@@ -44,7 +50,7 @@ class Part:
             raise ChecksumMismatch(f"{where}: sha256 is {digest}, the manifest says {expected}")
         self.precision = "fp16" if use_fp16 else "fp32"
         try:
-            self.session = create_session(path, session_cfg)
+            self.session = create_session(path, session_cfg, provider_state)
         except ProviderUnavailable:
             raise
         except Exception as exc:

@@ -20,7 +20,7 @@ from service.errors import ModelLoadError, ModelNotFound, ModelUnavailable, Prov
 from service.manifest import MANIFEST_FILENAME, Manifest
 from service.runtime.batching import BatchingConfig, BatchObserver
 from service.runtime.model import GenerativeModel
-from service.runtime.sessions import SessionConfig
+from service.runtime.sessions import ProviderState, SessionConfig
 
 log = logging.getLogger("latentserve.runtime")
 
@@ -62,6 +62,9 @@ class ModelRepository:
         self._executor = executor
         self._observer = observer
         self._enabled = enabled
+        # What session starts learnt (a GPU that did not start) holds for this repository's
+        # loads and reloads only: another app in the same process starts clean.
+        self.provider_state = ProviderState()
         self._models: dict[str, GenerativeModel] = {}
         self._failures: dict[str, LoadFailure] = {}
         self._lock = asyncio.Lock()
@@ -117,7 +120,13 @@ class ModelRepository:
         if manifest.name != name:
             raise ModelLoadError(f"manifest name {manifest.name!r} differs from folder {name!r}")
         return GenerativeModel.load(
-            folder, self._session_cfg, self._batching, self._executor, self._observer, manifest
+            folder,
+            self._session_cfg,
+            self._batching,
+            self._executor,
+            self._observer,
+            manifest,
+            self.provider_state,
         )
 
     async def load_all(self) -> list[LoadOutcome]:

@@ -2,11 +2,16 @@
 
 The provider actually used is read back from the session (`get_providers()`), never assumed:
 onnxruntime-gpu lists CUDA as available on machines without a usable GPU and silently falls back.
+
+What one session start learns (the GPU did not start; the fallback was already reported) is kept
+in a `ProviderState` owned by whoever builds the sessions (one per model repository, so one per
+app), not in module globals: a second app in the same process, as in the tests, starts clean.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 from dataclasses import dataclass, field
@@ -25,9 +30,16 @@ PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 
-_warned: set[str] = set()
-_dlls_preloaded = False
-_gpu_failed = False  # set after the first failed GPU start, so later sessions skip the retry
+
+@dataclass
+class ProviderState:
+    """What earlier session starts of one owner found out."""
+
+    gpu_failed: bool = False
+    """A GPU provider was asked for and the session came up on the CPU: later sessions of this
+    owner go straight to the CPU instead of paying for the failed start again."""
+    fallback_reported: bool = False
+    """The one warning about that fallback has been logged."""
 
 
 @dataclass(frozen=True)
@@ -70,12 +82,10 @@ def _provider_list(cfg: SessionConfig) -> list[str | tuple[str, dict[str, Any]]]
     return chosen
 
 
+@functools.cache
 def _preload_cuda_libraries() -> None:
-    """onnxruntime-gpu >= 1.21 can load CUDA/cuDNN from pip-installed nvidia packages or torch."""
-    global _dlls_preloaded
-    if _dlls_preloaded:
-        return
-    _dlls_preloaded = True
+    """onnxruntime-gpu >= 1.21 can load CUDA/cuDNN from pip-installed nvidia packages or torch.
+    Once per process (`functools.cache`): loaded libraries stay loaded, whichever app asked."""
     preload = getattr(ort, "preload_dlls", None)
     if preload is not None:
         captured = io.StringIO()
@@ -88,16 +98,19 @@ def _preload_cuda_libraries() -> None:
             log.debug("onnxruntime.preload_dlls: %s", captured.getvalue().strip())
 
 
-def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
-    """Create a session on the first provider in `cfg.providers` that really loads."""
-    global _gpu_failed
+def create_session(
+    path: Path, cfg: SessionConfig, state: ProviderState | None = None
+) -> ort.InferenceSession:
+    """Create a session on the first provider in `cfg.providers` that really loads; `state`
+    carries what earlier starts of the same owner learnt (a fresh one when not given)."""
+    state = state if state is not None else ProviderState()
     wants_gpu = any(
         PROVIDER_ALIASES.get(p.lower(), p) != "CPUExecutionProvider" for p in cfg.providers
     )
     if wants_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
         _preload_cuda_libraries()
     providers = _provider_list(cfg)
-    if _gpu_failed and not cfg.require_gpu:
+    if state.gpu_failed and not cfg.require_gpu:
         providers = ["CPUExecutionProvider"]
     so = ort.SessionOptions()
     so.intra_op_num_threads = cfg.intra_op_threads
@@ -125,14 +138,14 @@ def create_session(path: Path, cfg: SessionConfig) -> ort.InferenceSession:
         ort.set_default_logger_severity(2)
     used = session.get_providers()[0]
     if wants_gpu and used == "CPUExecutionProvider":
-        _gpu_failed = True
+        state.gpu_failed = True
         if cfg.require_gpu:
             raise ProviderUnavailable(
                 f"a GPU provider was required ({', '.join(cfg.providers)}) but ONNX Runtime "
                 f"could only start {used}; available: {ort.get_available_providers()}"
             )
-        if "fallback" not in _warned:
-            _warned.add("fallback")
+        if not state.fallback_reported:
+            state.fallback_reported = True
             log.warning(
                 "GPU execution provider requested (%s) but unavailable; running on CPU",
                 ",".join(cfg.providers),

@@ -1,0 +1,116 @@
+"""The training command line as a new user meets it: data that is not there yet is one line that
+says what to run, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import MODELS
+from training.__main__ import app as training_cli
+
+ROOT = MODELS.parent
+FIX = "python -m training download mnist"
+
+
+@pytest.fixture
+def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A download cache with nothing in it, as in a fresh clone."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("LATENTSERVE_DATA_CACHE", str(cache))
+    return cache
+
+
+def _one_error_line(args: list[str]) -> str:
+    result = CliRunner().invoke(training_cli, args)
+    assert isinstance(result.exception, SystemExit), result.exception  # exited, did not raise
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+DIGITS_VAE = str(MODELS / "digits-vae")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["train", "--dataset", "mnist"], id="train"),
+        pytest.param(["train", "--model", "gan", "--dataset", "mnist"], id="train-gan"),
+        pytest.param(["evaluate", DIGITS_VAE], id="evaluate"),
+        pytest.param(["calibrate", DIGITS_VAE, "--dataset", "mnist"], id="calibrate"),
+        pytest.param(["debias"], id="debias"),
+        pytest.param(["experiment", "one-class"], id="experiment"),
+    ],
+)
+def test_an_empty_cache_is_one_line_naming_the_download(empty_cache: Path, args: list[str]) -> None:
+    line = _one_error_line(args)
+    assert f"`{FIX}`" in line and str(empty_cache / "mnist") in line
+
+
+def test_fashion_mnist_names_its_own_download(empty_cache: Path) -> None:
+    line = _one_error_line(["train", "--dataset", "fashion-mnist"])
+    assert "`python -m training download fashion-mnist`" in line
+
+
+def test_a_data_dir_without_the_files_names_what_is_missing(tmp_path: Path) -> None:
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    line = _one_error_line(["train", "--dataset", "mnist", "--data-dir", str(folder)])
+    assert line == (
+        f"error: --data-dir {folder} holds none of mnist's IDX files (mnist needs "
+        "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+        "t10k-labels-idx1-ubyte, each gzipped or not); or leave out --data-dir after "
+        f"`{FIX}`"
+    )
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    (folder / "train-labels-idx1-ubyte").write_bytes(b"")
+    line = _one_error_line(["evaluate", DIGITS_VAE, "--data-dir", str(folder)])
+    assert line.startswith(
+        f"error: --data-dir {folder} lacks t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte ("
+    )
+    line = _one_error_line(["debias", "--data-dir", str(tmp_path / "nowhere")])
+    assert line.startswith(f"error: --data-dir {tmp_path / 'nowhere'} is not a folder (")
+
+
+def test_missing_images_and_arrays_are_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    line = _one_error_line(["train", "--dataset", "images", "--data-dir", str(missing)])
+    assert line == f"error: image folder {missing} does not exist (--data-dir)"
+    table = tmp_path / "sensors.csv"
+    line = _one_error_line(["train", "--dataset", "arrays", "--data-dir", str(table)])
+    assert line == f"error: --data-dir {table}: no such file (a .npy, .npz or .csv file)"
+    line = _one_error_line(["train", "--dataset", "arrays"])
+    assert line == "error: --data-dir is required for arrays"
+
+
+def test_the_real_entry_point_prints_one_line(empty_cache: Path) -> None:
+    """`python -m training` as a user runs it: logging configured, nothing caught by a runner."""
+    env = {**os.environ, "LATENTSERVE_DATA_CACHE": str(empty_cache)}
+    out = subprocess.run(
+        [sys.executable, "-m", "training", "train", "--dataset", "mnist"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and f"`{FIX}`" in out.stderr, out.stderr
+
+
+def test_gans_refuse_resume_instead_of_restarting(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        training_cli, ["train", "--model", "gan", "--resume", "--out", str(tmp_path / "run")]
+    )
+    assert result.exit_code == 2 and "GANs cannot resume yet" in result.output
+    assert not (tmp_path / "run").exists()
