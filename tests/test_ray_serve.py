@@ -77,6 +77,24 @@ def test_replica_threads_follow_its_cpus_not_the_nodes(
     assert replica_settings(Settings(intra_op_threads=3)).intra_op_threads == 3  # set by hand
 
 
+def test_the_serve_config_validates_and_its_args_are_settings() -> None:
+    pytest.importorskip("ray.serve", reason="Ray Serve is the ray extra")
+    yaml = pytest.importorskip("yaml", reason="PyYAML is in the deploy extra")
+    from ray.serve.schema import ServeDeploySchema
+
+    import service.ray_serve
+
+    config = yaml.safe_load((ROOT / "deploy/ray/serve.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config)
+    (app,) = schema.applications
+    module, function = app.import_path.split(":")
+    assert getattr(__import__(module, fromlist=[function]), function) is service.ray_serve.build_app
+    settings = Settings(**app.args)
+    assert settings.ray_autoscaling and settings.ray_min_replicas == 2
+    assert deployment_options(settings)["autoscaling_config"]["max_replicas"] == 8
+    assert replica_settings(settings).intra_op_threads == 1  # 2 CPUs / 2 concurrent batches
+
+
 # -- a real local Ray --------------------------------------------------------------------------
 
 # Before Ray is imported: a single-node Ray on loopback (Linux Ray otherwise binds and advertises
