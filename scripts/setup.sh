@@ -28,5 +28,10 @@ fi
 case ",$extras," in
   *,server,*) python -m pip install -q --require-hashes -r "$lock" ;;
 esac
-python -m pip install -q -c "$lock" -e ".[${extras}]"
+# The other extras resolve within the lock's pins. A constraints file with hashes would switch
+# pip to hash-checking for everything, which an editable install cannot pass: drop the hashes.
+pins=$(mktemp)
+trap 'rm -f "$pins"' EXIT
+sed -e '/--hash=/d' -e 's/ *\\$//' "$lock" > "$pins"
+python -m pip install -q -c "$pins" -e ".[${extras}]"
 echo "installed latentserve[${extras}] into .venv"

@@ -72,6 +72,25 @@ def test_every_object_passes_strict_validation(
     kubernetes_validate.validate(loader, version, strict=True)
 
 
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_the_kubernetes_validate_command_accepts_the_rendered_overlay(
+    name: str, tmp_path: Path
+) -> None:
+    """The same check through the command line the issue names, on the rendered YAML."""
+    import sys
+
+    rendered = tmp_path / f"{name}.yaml"
+    rendered.write_text(yaml.safe_dump_all(render(K8S / "overlays" / name)))
+    command = Path(sys.executable).parent / "kubernetes-validate"
+    result = subprocess.run(
+        [str(command), "--strict", "-k", KUBERNETES_VERSIONS[0], str(rendered)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(" passed for resource ") == len(CORE_KINDS), result.stdout
+
+
 def test_strict_validation_rejects_a_misspelt_field() -> None:
     deployment = _by_kind(render(K8S / "overlays/cpu"))["Deployment"]
     deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
