@@ -278,3 +278,29 @@ def test_the_healthcheck_passes_only_on_200(status: int, exit_code: int) -> None
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_cuda_targets_command_exits_where_cuda_cannot_load(
+    targets: dict[str, Stage], tmp_path: Path
+) -> None:
+    """The cuda image's settings (LATENTSERVE_REQUIRE_GPU=true) and command, run with this venv's
+    onnxruntime-gpu on a machine where CUDA cannot load: the server exits instead of serving on
+    the CPU, and the HEALTHCHECK never passes."""
+    from tests.gpu import cuda_works
+
+    if cuda_works():
+        pytest.skip("CUDA works here: the cuda image would serve on the GPU")
+    stage = targets["cuda"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTSERVE_")}
+    env.update({k: v for k, v in stage.env().items() if k.startswith("LATENTSERVE_")})
+    env["LATENTSERVE_MODEL_REPOSITORY"] = str(ROOT / "models")
+    port = free_port()
+    command = [sys.executable, *stage.exec_form("ENTRYPOINT")[1:], *stage.exec_form("CMD")]
+    command = [{"0.0.0.0": "127.0.0.1", "8000": str(port)}.get(a, a) for a in command]
+    result = subprocess.run(
+        command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "a GPU provider was required" in result.stdout + result.stderr
+    health = [sys.executable, "-m", "service.healthcheck", f"http://127.0.0.1:{port}/readyz"]
+    assert subprocess.run(health, cwd=ROOT).returncode == 1
