@@ -6,4 +6,4 @@ serve:
 test:
 	scripts/test.sh
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy service training tests
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy service training tests bench deploy

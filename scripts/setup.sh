@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Create .venv and install latentserve with the given extras (default: server).
 #   scripts/setup.sh server            # serve only
-#   scripts/setup.sh all               # server + training + client + bench + dev (tests)
+#   scripts/setup.sh server,ray        # any comma-separated extras (ray: Ray Serve)
+#   scripts/setup.sh all               # server, training, client, bench, dev, deploy and ray
+# The server and client dependencies come from the hash-checked lock requirements/server.txt
+# (scripts/lock.sh refreshes it); the other extras resolve within its pins.
 # Torch is installed first and pinned, so pip does not pull a multi-GB CUDA build on a CPU
 # machine; set TORCH_INDEX_URL (e.g. the PyTorch CPU wheel index) where plain PyPI would.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=${1:-server}
+lock=requirements/server.txt
 py=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
@@ -19,7 +23,15 @@ if [ "$extras" = "all" ]; then
   else
     python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
   fi
-  extras="server,training,client,bench,dev"
+  extras="server,training,client,bench,dev,deploy,ray"
 fi
-python -m pip install -q -e ".[${extras}]"
+case ",$extras," in
+  *,server,*) python -m pip install -q --require-hashes -r "$lock" ;;
+esac
+# The other extras resolve within the lock's pins. A constraints file with hashes would switch
+# pip to hash-checking for everything, which an editable install cannot pass: drop the hashes.
+pins=$(mktemp)
+trap 'rm -f "$pins"' EXIT
+sed -e '/--hash=/d' -e 's/ *\\$//' "$lock" > "$pins"
+python -m pip install -q -c "$pins" -e ".[${extras}]"
 echo "installed latentserve[${extras}] into .venv"

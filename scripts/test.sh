@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Set up everything (first run only) and run lint, types and the test suite.
+# Set up everything (first run, or when an extra is missing) and run lint, types and the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/pytest ] && .venv/bin/python -c "import torch, fastapi, onnx" 2>/dev/null \
-  || scripts/setup.sh all
+[ -x .venv/bin/pytest ] && .venv/bin/python -c "import torch, fastapi, onnx, ray.serve, yaml, \
+jsonschema, kubernetes_validate, dockerfile_parse, uv" 2>/dev/null || scripts/setup.sh all
 . .venv/bin/activate
 echo "== ruff"; ruff check . && ruff format --check .
-echo "== mypy"; mypy service training tests $([ -d bench ] && echo bench)
+echo "== mypy"; mypy service training tests $([ -d bench ] && echo bench) deploy
 echo "== pytest"; python -m pytest "$@"

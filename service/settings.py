@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
@@ -105,6 +105,28 @@ class Settings(BaseSettings):
     log_json: bool = True
     """One JSON object per log line (with request_id); plain text when false."""
 
+    # -- Ray Serve (service/ray_serve.py; ignored by `latentserve serve`) -----------------------
+    ray_num_replicas: int = Field(default=1, ge=1)
+    """Replicas of the Ray Serve deployment when `ray_autoscaling` is off. Each replica is a
+    whole server: it loads every enabled model of the repository and batches on its own."""
+    ray_autoscaling: bool = False
+    """Let Ray Serve add and remove replicas between `ray_min_replicas` and `ray_max_replicas`
+    to keep about `ray_target_ongoing_requests` requests in progress per replica."""
+    ray_min_replicas: int = Field(default=1, ge=0)
+    ray_max_replicas: int = Field(default=4, ge=1)
+    ray_target_ongoing_requests: float = Field(default=32.0, gt=0)
+    """Autoscaling target per replica. Far above Ray's default (2): a replica only forms
+    batches from requests that are in progress at the same time."""
+    ray_max_ongoing_requests: int = Field(default=256, ge=1)
+    """Requests Ray hands one replica at once; more wait in Ray's router. Ray's default (5)
+    would cap a replica's batches at 5 requests."""
+    ray_replica_cpus: float = Field(default=1.0, gt=0)
+    """CPUs Ray reserves per replica. With `intra_op_threads` at 0, ONNX Runtime's threads per
+    batch are these CPUs divided by `max_concurrent_batches`, not the node's cores, so
+    replicas on one node do not fight over them."""
+    ray_replica_gpus: float = Field(default=0.0, ge=0)
+    """GPUs Ray reserves per replica (fractions share one GPU); set with `providers=cuda,...`."""
+
     @field_validator("providers", "enabled_models", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -121,6 +143,15 @@ class Settings(BaseSettings):
         if bad or not value:
             raise ValueError(f"providers must be a list from {sorted(allowed)}, got {value}")
         return [p.lower() for p in value]
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> Settings:
+        if self.ray_min_replicas > self.ray_max_replicas:
+            raise ValueError(
+                f"ray_min_replicas ({self.ray_min_replicas}) exceeds ray_max_replicas "
+                f"({self.ray_max_replicas})"
+            )
+        return self
 
 
 @lru_cache
