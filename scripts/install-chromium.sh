@@ -12,6 +12,11 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
 fi
 echo "== chromium (apt-get, for the browser tests)"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq >/dev/null
-apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
-/usr/bin/chromium --version
+log=$(mktemp)
+if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium \
+  fonts-dejavu-core; } >"$log" 2>&1; then
+  cat "$log" >&2
+  exit 1
+fi
+rm -f "$log"
+/usr/bin/chromium --version 2>/dev/null
