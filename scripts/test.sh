@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/pytest ] && .venv/bin/python -c "import torch, fastapi, onnx, ray.serve, yaml, \
-jsonschema, kubernetes_validate, dockerfile_parse, uv" 2>/dev/null || scripts/setup.sh all
+jsonschema, kubernetes_validate, dockerfile_parse, uv, fastapi_offline, playwright" 2>/dev/null \
+  || scripts/setup.sh all
 . .venv/bin/activate
 echo "== ruff"; ruff check . && ruff format --check .
 echo "== mypy"; mypy service training tests $([ -d bench ] && echo bench) deploy

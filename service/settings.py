@@ -93,7 +93,8 @@ class Settings(BaseSettings):
 
     # -- security and logging ------------------------------------------------------------------
     api_key: SecretStr | None = None
-    """If set, every route but health, readiness and metrics needs `Authorization: Bearer <key>`."""
+    """If set, every API route needs `Authorization: Bearer <key>`; health, readiness, metrics and
+    the web page's files do not (the API docs: `docs_require_api_key`)."""
     docs_require_api_key: bool = True
     """With an API key set, `/docs`, `/redoc` and `/openapi.json` need it too (false: they stay
     public, e.g. for a developer portal that reads the schema)."""
@@ -101,6 +102,9 @@ class Settings(BaseSettings):
     """FastAPI's native OpenTelemetry spans and metrics (needs a configured provider, e.g.
     `opentelemetry-instrument`). Off by default: even with no provider, FastAPI's per-request
     check for one took 3% of the event loop under load; Prometheus metrics are always on."""
+    ui: bool = True
+    """Serve the web page at /ui (samples, latent walks, anomaly scores; docs/ui.md). The page's
+    files need no API key; every API call it makes sends the key typed into it."""
     log_level: str = "INFO"
     log_json: bool = True
     """One JSON object per log line (with request_id); plain text when false."""

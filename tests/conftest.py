@@ -42,6 +42,13 @@ def digits_test() -> tuple[np.ndarray, np.ndarray]:
     return splits.test.x, splits.test.y
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests run last. Playwright's sync API (behind pytest-playwright's session-wide
+    `playwright` fixture) leaves its event loop marked as running in the main thread until the
+    session ends, so an asyncio test after a browser test could not run its own loop."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
 def make_settings(**overrides: object) -> Settings:
     base: dict[str, object] = {
         "model_repository": MODELS,

@@ -22,6 +22,7 @@ from service.api.inference import router as inference_router
 from service.api.lifecycle import Drain
 from service.api.metrics import Metrics
 from service.api.middleware import DocsGuard, RequestContextMiddleware
+from service.api.pages import install_pages
 from service.logs import configure_logging
 from service.runtime.batching import BatchingConfig
 from service.runtime.dataplane import DataPlane, RequestLimits, choose_default_model
@@ -173,6 +174,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "models (AE, VAE, GAN) served by ONNX Runtime. Errors: "
         '`{"error": {"code", "message", "field"}}`.',
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from install_pages, with local assets
+        redoc_url=None,
         **_telemetry_options(settings.opentelemetry),
     )
     app.state.settings = settings
@@ -189,5 +192,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(inference_router)
     app.include_router(models_router)
     app.include_router(probes_router)
+    install_pages(app, ui=settings.ui)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
