@@ -190,16 +190,18 @@ async def test_lying_npy_headers_get_422_and_memory_stays_flat(client) -> None:
 
 
 # -- admission by time, timeouts ---------------------------------------------------------------
-async def test_256_clients_of_64_latents_are_all_served_by_default(app_with) -> None:
-    async with app_with(enabled_models=["mnist-conv-vae"], default_model="mnist-conv-vae") as c:
-        z = np.random.default_rng(0).standard_normal((64, 32)).round(4).tolist()
-        body = json.dumps({"z": z})
-        headers = {"content-type": "application/json", "accept": "application/x-npy"}
-        rs = await asyncio.gather(
-            *(c.post("/decode", content=body, headers=headers) for _ in range(256))
-        )
+async def test_256_clients_of_64_latents_are_all_served_by_default(client) -> None:
+    """The burst that the old cap of 16,384 queued rows refused for the most part (256 x 64
+    latents) queues with default settings. digits-vae keeps the test quick on a loaded machine;
+    the same burst on mnist-conv-vae is measured by `python -m bench.overload`."""
+    z = np.random.default_rng(0).standard_normal((64, 8)).round(4).tolist()
+    body = json.dumps({"z": z})
+    headers = {"content-type": "application/json", "accept": "application/x-npy"}
+    rs = await asyncio.gather(
+        *(client.post("/decode", content=body, headers=headers) for _ in range(256))
+    )
     assert [r.status_code for r in rs] == [200] * 256
-    assert all(read_npy(r.content, "x").shape == (64, 1, 28, 28) for r in rs)
+    assert all(read_npy(r.content, "x").shape == (64, 64) for r in rs)
 
 
 async def test_overload_gets_fast_503_with_retry_after(app_with) -> None:
