@@ -117,7 +117,10 @@ class Settings(BaseSettings):
     """Let Ray Serve add and remove replicas between `ray_min_replicas` and `ray_max_replicas`
     to keep about `ray_target_ongoing_requests` requests in progress per replica."""
     ray_min_replicas: int = Field(default=1, ge=0)
+    """Fewest replicas under autoscaling (0: none while idle; the first request then waits for a
+    replica to load the models)."""
     ray_max_replicas: int = Field(default=4, ge=1)
+    """Most replicas under autoscaling; at least `ray_min_replicas`."""
     ray_target_ongoing_requests: float = Field(default=32.0, gt=0)
     """Autoscaling target per replica. Far above Ray's default (2): a replica only forms
     batches from requests that are in progress at the same time."""

@@ -287,7 +287,9 @@ def test_a_replica_killed_under_load_is_replaced_without_other_failures(
     failures = [r for r in records if not r[2]]
     # in flight on the replica while it died: started before it was gone, not done at the kill
     in_flight = [r for r in records if r[0] <= gone_at and r[1] >= killed_at]
-    assert len(records) > 50
+    # load on both sides of the kill (counts depend on the machine: no fixed number)
+    assert sum(1 for start, end, ok, _ in records if ok and end < killed_at) >= concurrency
+    assert sum(1 for start, end, ok, _ in records if ok and start > gone_at) >= concurrency
     report = [(round(a - killed_at, 3), round(b - killed_at, 3)) for a, b, _, _ in failures]
     assert all(r in in_flight for r in failures), (round(gone_at - killed_at, 3), report)
     assert len(failures) <= concurrency
