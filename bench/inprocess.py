@@ -18,7 +18,7 @@ import numpy as np
 from bench.loadgen import StepResult, percentiles
 from bench.workloads import Prepared, example_inputs
 from service.manifest import PartRole
-from service.runtime.sessions import SessionConfig, create_session
+from service.runtime.sessions import ProviderState, SessionConfig, create_session
 
 CallFn = Callable[[], object]
 
@@ -32,12 +32,15 @@ class Ceiling:
         # without an HTTP server to share the cores with.
         self.config = config or SessionConfig(providers=("cpu",), intra_op_spinning=True)
         self._sessions: dict[tuple[str, PartRole], object] = {}
+        self._provider_state = ProviderState()  # one GPU fallback for all sessions, as in the app
 
     def _session(self, p: Prepared, role: PartRole) -> object:
         key = (p.model, role)
         if key not in self._sessions:
             part = p.manifest.parts[role]
-            self._sessions[key] = create_session(self.repository / p.model / part.path, self.config)
+            self._sessions[key] = create_session(
+                self.repository / p.model / part.path, self.config, self._provider_state
+            )
         return self._sessions[key]
 
     def call(self, p: Prepared, rows: int) -> CallFn:

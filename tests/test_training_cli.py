@@ -114,3 +114,32 @@ def test_gans_refuse_resume_instead_of_restarting(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2 and "GANs cannot resume yet" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def _checkpoint_made_elsewhere(tmp_path: Path) -> Path:
+    """An untrained MNIST checkpoint whose config names a data folder this machine lacks."""
+    import torch
+
+    from training.config import ModelConfig, TrainConfig
+    from training.models import build_model
+    from training.train import save_checkpoint
+
+    cfg = ModelConfig(kind="vae", input_shape=(1, 28, 28), image_shape=(1, 28, 28), hidden=(8,))
+    model = build_model(cfg)
+    path = tmp_path / "run" / "checkpoint.pt"
+    train_cfg = TrainConfig(dataset="mnist", data_dir=str(tmp_path / "elsewhere"))
+    save_checkpoint(path, model, torch.optim.Adam(model.parameters()), train_cfg, 1, {})
+    return path
+
+
+def test_export_reads_the_cache_when_the_recorded_folder_is_not_here(
+    empty_cache: Path, tmp_path: Path
+) -> None:
+    checkpoint, out = _checkpoint_made_elsewhere(tmp_path), tmp_path / "model"
+    line = _one_error_line(["export", str(checkpoint), "--out", str(out)])
+    assert f"`{FIX}`" in line and str(empty_cache / "mnist") in line  # the cache, not elsewhere/
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    line = _one_error_line(["export", str(checkpoint), "--out", str(out), "--data-dir", str(mine)])
+    assert line.startswith(f"error: --data-dir {mine} holds none of mnist's IDX files")
+    assert not out.exists()

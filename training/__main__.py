@@ -76,11 +76,23 @@ def _load_data(
         raise typer.Exit(2) from None
 
 
-def _load_training_data(tc: TrainConfig, flat: bool) -> Splits:
-    """The data a checkpoint was trained on, split as it was."""
+def _data_dir_here(tc: TrainConfig) -> str | None:
+    """The folder a checkpoint was trained from, or None (the download cache) when that folder
+    is not on this machine and the cache can hold the dataset: a checkpoint made elsewhere
+    names the trainer's path, and MNIST is MNIST wherever it was read from."""
+    from training.download import SOURCES
+
+    if tc.data_dir is not None and tc.dataset in SOURCES and not Path(tc.data_dir).exists():
+        return None
+    return tc.data_dir
+
+
+def _load_training_data(tc: TrainConfig, flat: bool, data_dir: str | None) -> Splits:
+    """The data a run trains (or a checkpoint was trained) on, split as it was, read from
+    `data_dir` (None: the download cache)."""
     return _load_data(
         tc.dataset,
-        tc.data_dir,
+        data_dir,
         seed=tc.seed,
         flat=flat,
         image_shape=tc.image_shape,
@@ -151,7 +163,7 @@ def train(
         image_shape=_image_shape(image_size, channels) if dataset == "images" else None,
         label_column=label_column,
     )
-    splits = _load_training_data(train_cfg, flat=_flat(dataset, arch))
+    splits = _load_training_data(train_cfg, _flat(dataset, arch), data_dir)
     if arch == "conv" and splits.image_shape and any(d % 4 for d in splits.image_shape[1:]):
         raise typer.BadParameter(
             "convolutional models halve the image twice: sides must be multiples of 4 "
@@ -183,6 +195,13 @@ def export(
     description: str = "",
     calibrate_percentile: float = 99.0,
     fp16: Annotated[bool, typer.Option(help="Also write fp16 copies of every part")] = False,
+    data_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the checkpoint's dataset is on this machine (default: the folder it was "
+            "trained from; for mnist and fashion-mnist the download cache if that is not here)"
+        ),
+    ] = None,
 ) -> None:
     """Export CHECKPOINT to ONNX, check it against PyTorch, calibrate and write the model card."""
     from training.calibrate import calibrate as run_calibration
@@ -192,7 +211,8 @@ def export(
 
     ckpt = load_checkpoint(checkpoint)
     tc = ckpt.train_config
-    splits = _load_training_data(tc, flat=len(ckpt.model_config.input_shape) == 1)
+    flat = len(ckpt.model_config.input_shape) == 1
+    splits = _load_training_data(tc, flat, data_dir if data_dir is not None else _data_dir_here(tc))
     manifest = export_checkpoint(
         ckpt,
         out,

@@ -10,6 +10,7 @@ from PIL import Image
 
 from service.manifest import Manifest
 from training.calibrate import load_exported
+from training.download import SOURCES
 from training.train import Checkpoint
 
 
@@ -87,9 +88,6 @@ def write_card(
     return path
 
 
-DOWNLOADABLE = ("mnist", "fashion-mnist")
-
-
 def reproduce_commands(ckpt: Checkpoint, out: Path) -> list[str]:
     """The exact commands that rebuild this model folder, from the checkpoint's own config.
 
@@ -99,7 +97,7 @@ def reproduce_commands(ckpt: Checkpoint, out: Path) -> list[str]:
     m, t = ckpt.model_config, ckpt.train_config
     run = f"runs/{out.name}"
     phases = ckpt.history or [{"to_epoch": ckpt.epoch, "lr": t.lr}]
-    cached = t.dataset in DOWNLOADABLE
+    cached = t.dataset in SOURCES  # what `python -m training download` fetches
     download = [f"python -m training download {t.dataset}"] if cached else []
     train = [
         f"python -m training train --model {m.kind} --arch {m.arch} --dataset {t.dataset}"
