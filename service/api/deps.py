@@ -6,13 +6,13 @@ dependency per request for work that takes microseconds.
 
 from __future__ import annotations
 
-import hmac
 import math
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from service.api.metrics import Metrics
+from service.auth import API_KEY_HINT, api_key_accepted
 from service.errors import InvalidInput, Unauthorized
 from service.runtime.dataplane import DataPlane
 from service.runtime.repository import ModelRepository
@@ -68,12 +68,5 @@ def request_timeout(request: Request) -> float | None:
 async def require_api_key(request: Request) -> None:
     """Bearer-token check in constant time; a no-op when no key is configured."""
     settings: Settings = request.app.state.settings
-    if settings.api_key is None:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    expected = settings.api_key.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-        raise Unauthorized(
-            "missing or wrong API key: send 'Authorization: Bearer <key>'", field="Authorization"
-        )
+    if not api_key_accepted(settings.api_key, request.headers.get("authorization")):
+        raise Unauthorized(API_KEY_HINT, field="Authorization")
