@@ -2,8 +2,9 @@
 # Set up everything (first run only) and run lint, types and the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/pytest ] && .venv/bin/python -c "import torch, fastapi, onnx" 2>/dev/null \
-  || scripts/setup.sh all
+[ -x .venv/bin/pytest ] && .venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(
+    u.find_spec(m) is None for m in ('torch', 'fastapi', 'onnx', 'grpc', 'tritonclient', 'kserve')))" \
+  2>/dev/null || scripts/setup.sh all
 . .venv/bin/activate
 echo "== ruff"; ruff check . && ruff format --check .
 echo "== mypy"; mypy service training tests $([ -d bench ] && echo bench)
