@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     to; bounds the memory a single request can take (2**25 float32 = 128 MiB per array)."""
     max_interpolation_steps: int = Field(default=256, ge=2)
 
+    # -- Open Inference Protocol over gRPC ------------------------------------------------------
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of the Open Inference Protocol's gRPC service (`inference.GRPCInferenceService`,
+    what Triton serves on 8001), run by the same process, runtime and batchers as HTTP; none or
+    0: off. Needs the `grpc` extra (grpcio). REST `/v2` routes are always on."""
+    grpc_host: str = "127.0.0.1"
+    """Interface the gRPC service binds; `latentserve serve` sets it to its `--host`."""
+
     shared_state_dir: Path | None = None
     """Set by `serve --workers N` (not by hand): a directory the worker processes share for
     reload announcements and Prometheus multiprocess files."""
