@@ -25,6 +25,13 @@ def serve(
     graceful_timeout: Annotated[
         float, typer.Option(help="Seconds to finish in-flight requests after SIGTERM")
     ] = 30.0,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Also serve the Open Inference Protocol over gRPC on this port, on the same "
+            "interface (LATENTSERVE_GRPC_PORT; needs the grpc extra)"
+        ),
+    ] = None,
 ) -> None:
     """Serve the model repository over HTTP (settings from LATENTSERVE_* variables)."""
     import contextlib
@@ -35,6 +42,11 @@ def serve(
 
     if models is not None:
         os.environ["LATENTSERVE_MODEL_REPOSITORY"] = str(models)
+    if grpc_port is not None:
+        os.environ["LATENTSERVE_GRPC_PORT"] = str(grpc_port)
+    # gRPC listens where HTTP does and drains as long
+    os.environ.setdefault("LATENTSERVE_GRPC_HOST", host)
+    os.environ.setdefault("LATENTSERVE_GRPC_GRACE_S", str(graceful_timeout))
     with contextlib.ExitStack() as stack:
         if workers > 1:
             # Shared by the worker processes: reload announcements and the Prometheus files

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     0: off. Needs the `grpc` extra (grpcio). REST `/v2` routes are always on."""
     grpc_host: str = "127.0.0.1"
     """Interface the gRPC service binds; `latentserve serve` sets it to its `--host`."""
+    grpc_grace_s: float = Field(default=30.0, ge=0)
+    """At shutdown, seconds the gRPC calls in flight get to finish before they are cancelled
+    (new calls are refused at once); `latentserve serve` sets it to its `--graceful-timeout`."""
 
     shared_state_dir: Path | None = None
     """Set by `serve --workers N` (not by hand): a directory the worker processes share for

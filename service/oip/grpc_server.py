@@ -4,7 +4,7 @@ repository as the REST routes.
 
 The app's lifespan starts it after the models load (`GrpcFrontDoor.start`, when
 `LATENTSERVE_GRPC_PORT` is set) and stops it before they close: new calls are refused, calls in
-flight get `SHUTDOWN_GRACE_S` to finish. Every call runs through `_rpc`, which does what the HTTP
+flight get `grpc_grace_s` to finish. Every call runs through `_rpc`, which does what the HTTP
 middleware and handlers do for REST: request id, API key (`authorization` metadata; not needed
 by ServerLive and ServerReady), errors as status codes (`service.oip.errors`), request metrics and
 an access log line.
@@ -44,7 +44,6 @@ from service.settings import Settings
 
 log = logging.getLogger("latentserve.access")
 SERVICE = "inference.GRPCInferenceService"
-SHUTDOWN_GRACE_S = 5.0
 _CONTENTS = {"FP32": "fp32_contents", "INT64": "int64_contents", "BOOL": "bool_contents"}
 
 Req = TypeVar("Req")
@@ -260,4 +259,4 @@ class GrpcFrontDoor:
         logging.getLogger("latentserve").info("serving gRPC on %s", self.address)
 
     async def stop(self) -> None:
-        await self.server.stop(SHUTDOWN_GRACE_S)
+        await self.server.stop(self.settings.grpc_grace_s)
