@@ -1,4 +1,5 @@
-"""`python -m service` / `latentserve`: run the HTTP server."""
+"""`python -m service` / `latentserve`: run the server (`serve`), or talk to one from a terminal
+(`sample`, `score`, `models`: service/terminal.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from typing import Annotated
 
 import typer
 
+from service import terminal
+
 cli = typer.Typer(add_completion=False, no_args_is_help=True)
+cli.command()(terminal.sample)
+cli.command()(terminal.score)
+cli.command()(terminal.models)
 
 
 @cli.command()
