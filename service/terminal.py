@@ -3,18 +3,24 @@
 
 Exit status: 0 on success, 1 when `score` finds an outlier (so a shell `if` can act on it), 2
 when the server answers with an error or cannot be reached (the message goes to stderr).
+
+The SDK (httpx) is imported when a command runs, not when the command line is built: a server
+installed without the client extra still runs `latentserve serve`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import typer
 
-from service.client import Client, LatentServeClientError, Method
+from service.capabilities import ScoreMethod
+
+if TYPE_CHECKING:
+    from service.client import Client, LatentServeClientError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_OUTLIER = 1
@@ -71,6 +77,16 @@ def _fail(exc: LatentServeClientError) -> typer.Exit:
     return typer.Exit(EXIT_ERROR)
 
 
+def _client(url: str, api_key: str | None) -> tuple[Client, type[LatentServeClientError]]:
+    """The SDK's client, and the base class of the errors it raises."""
+    try:
+        from service.client import Client, LatentServeClientError
+    except ImportError as exc:
+        typer.echo(f"error: the client commands need the client extra ({exc})", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    return Client(url, api_key=api_key), LatentServeClientError
+
+
 def sample(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Where to write: a .png grid or a .npy array")
@@ -90,8 +106,9 @@ def sample(
     if kind is None:
         raise typer.BadParameter("write a .png grid or a .npy array", param_hint="--output")
     label_list = _labels(labels)
+    client, failure = _client(url, api_key)
     try:
-        with Client(url, api_key=api_key) as c:
+        with client as c:
             if kind == "png":
                 grid = c.sample_png(
                     n,
@@ -105,7 +122,7 @@ def sample(
             else:
                 x = c.sample(n, seed=seed, temperature=temperature, labels=label_list, model=model)
                 np.save(output, x)
-    except LatentServeClientError as exc:
+    except failure as exc:
         raise _fail(exc) from None
     typer.echo(f"wrote {n} samples to {output}")
 
@@ -114,7 +131,7 @@ def score(
     images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files", exists=True)],
     url: Url = DEFAULT_URL,
     model: ModelName = None,
-    method: Annotated[Method, typer.Option(help="Which score")] = "reconstruction",
+    method: Annotated[ScoreMethod, typer.Option(help="Which score")] = ScoreMethod.RECONSTRUCTION,
     k: Annotated[int, typer.Option(help="Latent draws per image for elbo and iwae")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of the latent draws")] = 0,
     threshold: Annotated[
@@ -124,18 +141,19 @@ def score(
     api_key: ApiKey = None,
 ) -> None:
     """Score images as outliers: one table row per image; exit status 1 when any is one."""
+    client, failure = _client(url, api_key)
     try:
-        with Client(url, api_key=api_key) as c:
+        with client as c:
             result = c.anomaly_score_images(
                 images,
-                method=method,
+                method=method.value,
                 k=k,
                 seed=seed,
                 threshold=threshold,
                 labels=_labels(labels),
                 model=model,
             )
-    except LatentServeClientError as exc:
+    except failure as exc:
         raise _fail(exc) from None
     flags = result.is_outlier
     limit = "-" if result.threshold is None else f"{result.threshold:.6g}"
@@ -148,7 +166,7 @@ def score(
         ]
         for i, (path, s) in enumerate(zip(images, result.scores.tolist(), strict=True))
     ]
-    typer.echo(table(["image", f"score ({method})", "threshold", "outlier"], rows))
+    typer.echo(table(["image", f"score ({method.value})", "threshold", "outlier"], rows))
     if flags is None:
         typer.echo("no threshold applies: calibrate the model or pass --threshold", err=True)
     elif flags.any():
@@ -157,10 +175,11 @@ def score(
 
 def models(url: Url = DEFAULT_URL, api_key: ApiKey = None) -> None:
     """List the server's models: status, kind, what each serves and where it runs."""
+    client, failure = _client(url, api_key)
     try:
-        with Client(url, api_key=api_key) as c:
+        with client as c:
             listed = c.models()
-    except LatentServeClientError as exc:
+    except failure as exc:
         raise _fail(exc) from None
     rows = [
         [
