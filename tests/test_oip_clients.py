@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -203,6 +204,31 @@ def test_kserve_rest_client(server: OipServer, native: Client, tmp_path: Path) -
     np.testing.assert_array_equal(
         arrays["sample"], native.sample(3, seed=5, model="mnist-conv-vae")
     )
+
+
+# -- the README ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("index", "printed"),
+    [
+        pytest.param(0, "(64, 1, 28, 28)", id="triton"),
+        pytest.param(1, "(8, 1, 28, 28)", id="kserve"),
+    ],
+)
+def test_readme_snippets_run_as_written(live_server: LiveServer, index: int, printed: str) -> None:
+    """The README's client snippets, with the test server's ports for 8000 and 8001."""
+    section = (ROOT / "README.md").read_text().split("## From Triton and KServe clients", 1)[1]
+    blocks = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.S)
+    assert live_server.grpc_target is not None
+    code = (
+        blocks[index]
+        .replace("localhost:8000", f"127.0.0.1:{live_server.port}")
+        .replace("localhost:8001", live_server.grpc_target)
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert printed in done.stdout
 
 
 # -- shutdown -----------------------------------------------------------------------------------
