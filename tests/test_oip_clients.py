@@ -33,15 +33,18 @@ DECODER = "mnist-conv-vae.decoder"
 
 
 class OipServer(LiveServer):
+    """The live server with an API key and the gRPC service on."""
+
     def __init__(self) -> None:
-        self.grpc_port = free_port()
+        grpc_port = free_port()
         super().__init__(
             {
                 "LATENTSERVE_MODEL_REPOSITORY": str(MODELS),
                 "LATENTSERVE_API_KEY": KEY,
-                "LATENTSERVE_GRPC_PORT": str(self.grpc_port),
+                "LATENTSERVE_GRPC_PORT": str(grpc_port),
             }
         )
+        self.grpc_port = grpc_port
 
     @property
     def grpc_target(self) -> str:

@@ -30,6 +30,8 @@ from service.oip.errors import INTERNAL_MESSAGE, grpc_code_name, message, retry_
 from service.oip.grpc_v2 import open_inference_grpc_pb2 as pb
 from service.oip.grpc_v2 import open_inference_grpc_pb2_grpc as pb_grpc
 from service.oip.protocol import (
+    EXTENSIONS,
+    SERVER_NAME,
     InferRequest,
     InferResponse,
     Param,
@@ -38,7 +40,6 @@ from service.oip.protocol import (
     tensor_from_bytes,
     tensor_from_values,
 )
-from service.oip.rest import EXTENSIONS, SERVER_NAME
 from service.runtime.dataplane import DataPlane
 from service.settings import Settings
 

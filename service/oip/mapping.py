@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from numpy.typing import NDArray
 
 from service.capabilities import Operation
@@ -374,8 +373,6 @@ def _pick(target: Target, produced: Arrays, wanted: list[str] | None) -> list[Te
             why = _UNAVAILABLE_OUTPUTS.get(name, "this request does not produce it")
             raise InvalidInput(f"output {name!r} is not available: {why}", field=name)
         data = produced[name]
-        if data.dtype == np.float64:  # scores are float32 in the service; keep the declared type
-            data = data.astype(np.float32)
         tensors.append(Tensor(name, datatype_of(data.dtype), data))
     return tensors
 

@@ -19,6 +19,10 @@ from numpy.typing import NDArray
 
 from service.errors import InvalidInput
 
+SERVER_NAME = "latentserve"
+EXTENSIONS = ("binary_tensor_data", "parameters")
+"""Extensions served: Triton's binary tensor data (REST) and request parameters."""
+
 Param = bool | int | float | str
 """A request or response parameter value (the protocol's bool, int64, double or string)."""
 

@@ -24,6 +24,7 @@ from service.api.deps import data_plane, request_timeout, require_api_key
 from service.errors import LatentServeError, ModelUnavailable
 from service.oip import mapping
 from service.oip.errors import INTERNAL_MESSAGE, rest_error, rest_response
+from service.oip.protocol import EXTENSIONS, SERVER_NAME
 from service.oip.rest_body import (
     BINARY_MEDIA_TYPE,
     HEADER_LENGTH,
@@ -33,10 +34,6 @@ from service.oip.rest_body import (
 )
 
 log = logging.getLogger("latentserve.oip")
-
-SERVER_NAME = "latentserve"
-EXTENSIONS = ("binary_tensor_data", "parameters")
-"""Protocol extensions served: Triton's binary tensor data (REST) and request parameters."""
 
 
 class OipRoute(APIRoute):
