@@ -6,9 +6,12 @@ app (with this project's generated stubs; Triton's and KServe's clients run in t
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -524,3 +527,24 @@ async def test_a_taken_grpc_port_stops_startup_with_the_reason(serve) -> None:
         with pytest.raises(RuntimeError, match=f"cannot serve gRPC on 127.0.0.1:{port}"):
             async with serve(grpc_port=port):
                 pass
+
+
+def test_generated_grpc_code_is_what_the_script_makes(tmp_path: Path) -> None:
+    """The committed code is grpcio-tools' output for the vendored proto, plus the script's one
+    edit: regenerating changes nothing."""
+    committed = Path(__file__).resolve().parent.parent / "service" / "oip" / "grpc_v2"
+    out = tmp_path / "service" / "oip" / "grpc_v2"
+    out.mkdir(parents=True)
+    shutil.copy(committed / "open_inference_grpc.proto", out)
+    script = committed.parent.parent.parent / "scripts" / "gen_oip_grpc.sh"
+    done = subprocess.run(
+        ["bash", str(script), str(tmp_path)],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    for name in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
+        made = (out / f"open_inference_grpc{name}").read_text()
+        assert made == (committed / f"open_inference_grpc{name}").read_text(), name
