@@ -3,6 +3,8 @@ the docs section and the plot.
 
     python -m bench                       # full run (~5 min), writes docs/benchmarks.{md,json,png}
     python -m bench --quick --no-docs     # smoke test (< 30 s)
+    python -m bench --workloads oip --systems service --concurrency 1,16,64 --section oip \\
+        --interleave-workloads            # native vs Open Inference Protocol front doors
 """
 
 from __future__ import annotations
@@ -18,9 +20,17 @@ from typing import Any
 
 from bench import report
 from bench.inprocess import Ceiling
-from bench.loadgen import StepResult, run_step
+from bench.loadgen import StepResult, run_grpc_step, run_step
 from bench.servers import HTTP_SYSTEMS, ROOT, SYSTEMS, Server, make_server
-from bench.workloads import DEFAULT_WORKLOADS, QUICK_WORKLOADS, Prepared, prepare
+from bench.workloads import (
+    ALL_WORKLOADS,
+    DEFAULT_WORKLOADS,
+    QUICK_WORKLOADS,
+    WORKLOAD_GROUPS,
+    Prepared,
+    Workload,
+    prepare,
+)
 
 DEFAULT_CONCURRENCY = (1, 4, 16, 64, 256)
 QUICK_CONCURRENCY = (1, 16)
@@ -35,12 +45,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=None, help="measured seconds per step")
     p.add_argument("--warmup", type=float, default=None, help="unrecorded seconds per step")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="subset of " + ",".join(SYSTEMS))
-    p.add_argument("--workloads", default=None, help="comma separated workload names")
+    p.add_argument(
+        "--workloads",
+        default=None,
+        help="comma separated workload names, or groups: " + ", ".join(WORKLOAD_GROUPS),
+    )
+    p.add_argument(
+        "--interleave-workloads",
+        action="store_true",
+        help="run every workload at one concurrency before the next, so workloads compared with "
+        "each other meet the same load on a shared machine",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the sweep and keep, per step, the round with the median requests/s (a "
+        "shared machine's bursts of load hit one round, not the median)",
+    )
+    p.add_argument(
+        "--section",
+        default="results",
+        help="the generated section of docs/benchmarks.md to rewrite (its own JSON and plot)",
+    )
     p.add_argument("--max-batch", type=int, default=256, help="in-process ceiling's largest batch")
     p.add_argument("--quick", action="store_true", help="smoke test: 3 workloads, c=1,16, short")
-    p.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks.json")
+    p.add_argument("--json", type=Path, default=None, help="default docs/benchmarks[-SECTION].json")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "benchmarks.png")
+    p.add_argument("--plot", type=Path, default=None, help="default docs/benchmarks[-SECTION].png")
     p.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument(
@@ -69,7 +101,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
     if args.workloads is None and args.quick:
         args.workloads = ",".join(QUICK_WORKLOADS)
+    suffix = "" if args.section == "results" else f"-{args.section}"
+    args.json = args.json or ROOT / "docs" / f"benchmarks{suffix}.json"
+    args.plot = args.plot or ROOT / "docs" / f"benchmarks{suffix}.png"
     return args
+
+
+def select_workloads(spec: str | None) -> tuple[Workload, ...]:
+    """Workloads by name or group, in the order given (the default group when none)."""
+    if not spec:
+        return DEFAULT_WORKLOADS
+    by_name = {w.name: w for w in ALL_WORKLOADS}
+    chosen: list[Workload] = []
+    for item in spec.split(","):
+        found = WORKLOAD_GROUPS.get(item) or ((by_name[item],) if item in by_name else None)
+        if found is None:
+            known = ", ".join([*WORKLOAD_GROUPS, *by_name])
+            raise SystemExit(f"unknown workload {item!r}; choose from {known}")
+        chosen += [w for w in found if w not in chosen]
+    return tuple(chosen)
 
 
 async def sweep(
@@ -77,32 +127,52 @@ async def sweep(
 ) -> list[StepResult]:
     ceiling = Ceiling(args.models) if "inprocess" in args.systems else None
     results: list[StepResult] = []
-    for p in prepared:
-        for c in args.concurrency:
-            # systems interleaved per step, so a change in the shared CPU's load hits all alike
-            for system in args.systems:
-                if system == "inprocess":
-                    assert ceiling is not None
-                    r = ceiling.run_step(p, c, args.warmup, args.duration, args.max_batch)
-                else:
-                    r = await run_step(
-                        servers[system].url,
-                        p.request,
-                        c,
-                        args.warmup,
-                        args.duration,
-                        system,
-                        p.name,
-                        p.workload.n,
-                    )
-                results.append(r)
-                print(
-                    f"{p.name:<22} {system:<16} c={c:<4} {r.rps:9.1f} req/s "
-                    f"{r.samples_per_s:10.0f} samples/s  p50 {r.p50_ms:8.2f} ms  "
-                    f"p99 {r.p99_ms:8.2f} ms  errors {r.errors}",
-                    flush=True,
+    if args.interleave_workloads:
+        steps = [(p, c) for c in args.concurrency for p in prepared]
+    else:
+        steps = [(p, c) for p in prepared for c in args.concurrency]
+    for p, c in steps * args.rounds:
+        # systems interleaved per step, so a change in the shared CPU's load hits all alike
+        for system in args.systems:
+            if system == "naive" and p.workload.latentserve_only:
+                continue  # the baseline has no such route
+            if system == "inprocess":
+                assert ceiling is not None
+                r = ceiling.run_step(p, c, args.warmup, args.duration, args.max_batch)
+            elif p.workload.encoding == "grpc":
+                target = servers[system].grpc_target
+                assert target is not None
+                r = await run_grpc_step(
+                    target, p.request, c, args.warmup, args.duration, system, p.name, p.workload.n
                 )
-    return results
+            else:
+                r = await run_step(
+                    servers[system].url,
+                    p.request,
+                    c,
+                    args.warmup,
+                    args.duration,
+                    system,
+                    p.name,
+                    p.workload.n,
+                )
+            results.append(r)
+            print(
+                f"{p.name:<26} {system:<16} c={c:<4} {r.rps:9.1f} req/s "
+                f"{r.samples_per_s:10.0f} samples/s  p50 {r.p50_ms:8.2f} ms  "
+                f"p99 {r.p99_ms:8.2f} ms  errors {r.errors}",
+                flush=True,
+            )
+    return median_rounds(results)
+
+
+def median_rounds(results: list[StepResult]) -> list[StepResult]:
+    """One result per (workload, system, concurrency): the round with the median requests/s
+    (the lower of the two middle ones for an even count), in the order steps first ran."""
+    rounds: dict[tuple[str, str, int], list[StepResult]] = {}
+    for r in results:
+        rounds.setdefault((r.workload, r.system, r.concurrency), []).append(r)
+    return [sorted(rs, key=lambda r: r.rps)[(len(rs) - 1) // 2] for rs in rounds.values()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,10 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     t0 = time.perf_counter()
     load_start = report.machine_info()["load_average"]
-    workloads = DEFAULT_WORKLOADS
-    if args.workloads:
-        wanted = set(args.workloads.split(","))
-        workloads = tuple(w for w in DEFAULT_WORKLOADS if w.name in wanted)
+    workloads = select_workloads(args.workloads)
     models = {"vae": args.vae_model, "gan": args.gan_model}
     prepared, skipped = prepare(workloads, models, args.models)
     for reason in skipped:
@@ -153,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_s": args.warmup,
             "server_env": extra_env,
             "service_workers": args.service_workers,
+            "interleave_workloads": args.interleave_workloads,
+            "rounds": args.rounds,
         },
         "startup_s": startup,
         "skipped": skipped,
@@ -171,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_path = args.plot
         report.plot(results, plot_path)
     if not args.no_docs:
-        report.write_docs(args.docs, document, results, targets, plot_path)
+        report.write_docs(args.docs, document, results, targets, plot_path, args.section)
     print(f"wrote {args.json}" + ("" if plot_path is None else f", {plot_path}"))
     return 0
 

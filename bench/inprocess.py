@@ -3,8 +3,9 @@
 At concurrency c a perfect batching server merges the rows of c requests into one session run (at
 most `max_batch` rows), so the ceiling's step at c runs batches of min(c * n, max_batch) rows and
 counts each run as rows / n requests. At c = 1 it is one plain call at the request's own batch.
-`/sample` draws the latents and decodes; `/anomaly-score` (reconstruction) encodes, decodes and
-takes the mean squared error, as the service does.
+`/sample` draws the latents and decodes; `/decode` (in any encoding) decodes the workload's
+latents; `/anomaly-score` (reconstruction) encodes, decodes and takes the mean squared error, as
+the service does.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.loadgen import StepResult, percentiles
-from bench.workloads import Prepared, example_inputs
+from bench.workloads import Prepared, example_inputs, example_latents
 from service.manifest import PartRole
 from service.runtime.sessions import ProviderState, SessionConfig, create_session
 
@@ -46,7 +47,7 @@ class Ceiling:
     def call(self, p: Prepared, rows: int) -> CallFn:
         """A zero-argument function doing the work of `rows` rows of this workload."""
         m = p.manifest
-        if p.workload.route == "sample":
+        if p.workload.route in ("sample", "decode"):
             role = PartRole.DECODER if PartRole.DECODER in m.parts else PartRole.GENERATOR
             dec = self._session(p, role)
             z_name = m.parts[role].inputs[0].name
@@ -56,6 +57,9 @@ class Ceiling:
                 z = rng.standard_normal((rows, m.latent_dim), dtype=np.float32)
                 return dec.run(None, {z_name: z})[0]  # type: ignore[attr-defined]
 
+            if p.workload.route == "decode":
+                z_fixed = example_latents(m, rows)
+                return lambda: dec.run(None, {z_name: z_fixed})[0]  # type: ignore[attr-defined]
             return sample
         enc = self._session(p, PartRole.ENCODER)
         dec = self._session(p, PartRole.DECODER)

@@ -1,7 +1,8 @@
 """The HTTP systems under test, each a real uvicorn subprocess on 127.0.0.1.
 
 - `service`: latentserve as deployed (`python -m service serve` on the whole repository, so its
-  startup time covers every bundled model), dynamic batching on.
+  startup time covers every bundled model), dynamic batching on, with the Open Inference
+  Protocol's gRPC service on a second port (`grpc_port`).
 - `service-nobatch`: the same with `LATENTSERVE_BATCHING=false`.
 - `naive`: the baseline app in `bench/naive_server.py`.
 
@@ -41,6 +42,7 @@ class Server:
     command: list[str]
     env: dict[str, str]
     port: int = field(default_factory=free_port)
+    grpc_port: int | None = None
     startup_s: float = 0.0
     proc: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = None
@@ -48,6 +50,10 @@ class Server:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_target(self) -> str | None:
+        return None if self.grpc_port is None else f"127.0.0.1:{self.grpc_port}"
 
     def start(self, timeout_s: float = 60.0) -> Self:
         # a file, not a pipe: a pipe nobody reads fills up and blocks the server's logging
@@ -108,12 +114,14 @@ def make_server(
     if system == "naive":
         cmd = [sys.executable, "-m", "bench.naive_server", "--models", str(repository)]
         return Server(system, cmd, env)
+    grpc_port = free_port()
     env.update(
         {
             "LATENTSERVE_MODEL_REPOSITORY": str(repository),
             "LATENTSERVE_DEFAULT_MODEL": models[0],
             "LATENTSERVE_PROVIDERS": "cpu",
             "LATENTSERVE_BATCHING": "false" if system == "service-nobatch" else "true",
+            "LATENTSERVE_GRPC_PORT": str(grpc_port),
         }
     )
     cmd = [
@@ -126,4 +134,4 @@ def make_server(
         "--workers",
         str(workers),
     ]
-    return Server(system, cmd, env)
+    return Server(system, cmd, env, grpc_port=grpc_port)

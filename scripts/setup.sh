@@ -2,7 +2,8 @@
 # Create .venv and install latentserve with the given extras (default: server).
 #   scripts/setup.sh server            # serve only
 #   scripts/setup.sh server,ray        # any comma-separated extras (ray: Ray Serve)
-#   scripts/setup.sh all               # server, training, client, bench, dev, deploy and ray
+#   scripts/setup.sh all               # every extra: server, grpc, training, client, bench,
+#                                      # dev, deploy, ray and test-clients (what the tests need)
 # The server and client dependencies come from the hash-checked lock requirements/server.txt
 # (scripts/lock.sh refreshes it); the other extras resolve within its pins.
 # Torch is installed first and pinned, so pip does not pull a multi-GB CUDA build on a CPU
@@ -33,7 +34,7 @@ if [ "$extras" = "all" ]; then
   else
     python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
   fi
-  extras="server,training,client,bench,dev,deploy,ray"
+  extras="server,grpc,training,client,bench,dev,deploy,ray,test-clients"
 fi
 case ",$extras," in
   *,server,*)

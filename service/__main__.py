@@ -1,4 +1,5 @@
-"""`python -m service` / `latentserve`: run the HTTP server."""
+"""`python -m service` / `latentserve`: run the server (`serve`), or talk to one from a terminal
+(`sample`, `score`, `models`: service/terminal.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from typing import Annotated
 
 import typer
 
+from service import terminal
+
 cli = typer.Typer(add_completion=False, no_args_is_help=True)
+cli.command()(terminal.sample)
+cli.command()(terminal.score)
+cli.command()(terminal.models)
 
 
 @cli.command()
@@ -25,6 +31,13 @@ def serve(
     graceful_timeout: Annotated[
         float, typer.Option(help="Seconds to finish in-flight requests after SIGTERM")
     ] = 30.0,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Also serve the Open Inference Protocol over gRPC on this port, on the same "
+            "interface (LATENTSERVE_GRPC_PORT; needs the grpc extra)"
+        ),
+    ] = None,
 ) -> None:
     """Serve the model repository over HTTP (settings from LATENTSERVE_* variables)."""
     import contextlib
@@ -39,6 +52,11 @@ def serve(
 
     if models is not None:
         os.environ["LATENTSERVE_MODEL_REPOSITORY"] = str(models)
+    if grpc_port is not None:
+        os.environ["LATENTSERVE_GRPC_PORT"] = str(grpc_port)
+    # gRPC listens where HTTP does and drains as long
+    os.environ.setdefault("LATENTSERVE_GRPC_HOST", host)
+    os.environ.setdefault("LATENTSERVE_GRPC_GRACE_S", str(graceful_timeout))
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
     shown_host = f"[{host}]" if ":" in host else host

@@ -7,11 +7,24 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
+import re
 import sys
 import time
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 model_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("model", default=None)
+
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id_from(incoming: str | None) -> str:
+    """The caller's request id when it is a sane token (so its logs and ours correlate), else a
+    fresh random one. Shared by every front door (HTTP header, gRPC metadata)."""
+    if incoming and _VALID_REQUEST_ID.match(incoming):
+        return incoming
+    return os.urandom(16).hex()
+
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 

@@ -87,6 +87,17 @@ class Settings(BaseSettings):
     /readyz not ready, so clients drop kept-alive connections and load balancers stop sending
     before the server stops listening (0: stop at once). The graceful timeout follows it."""
 
+    # -- Open Inference Protocol over gRPC ------------------------------------------------------
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of the Open Inference Protocol's gRPC service (`inference.GRPCInferenceService`,
+    what Triton serves on 8001), run by the same process, runtime and batchers as HTTP; none or
+    0: off. Needs the `grpc` extra (grpcio). REST `/v2` routes are always on."""
+    grpc_host: str = "127.0.0.1"
+    """Interface the gRPC service binds; `latentserve serve` sets it to its `--host`."""
+    grpc_grace_s: float = Field(default=30.0, ge=0)
+    """At shutdown, seconds the gRPC calls in flight get to finish before they are cancelled
+    (new calls are refused at once); `latentserve serve` sets it to its `--graceful-timeout`."""
+
     shared_state_dir: Path | None = None
     """Set by `serve --workers N` (not by hand): a directory the worker processes share for
     reload announcements and Prometheus multiprocess files."""

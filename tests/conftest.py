@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.servers import Server
+from bench.servers import Server, free_port
 from service.api.app import create_app
 from service.settings import Settings
 
@@ -108,8 +108,13 @@ class LiveServer(Server):
 
 @pytest.fixture(scope="session")
 def live_server() -> Iterator[LiveServer]:
-    """A real `python -m service serve` process on the bundled models, shared by e2e tests."""
-    server = LiveServer({"LATENTSERVE_MODEL_REPOSITORY": str(MODELS)}).start()
+    """A real `python -m service serve` process on the bundled models, shared by e2e tests,
+    with the Open Inference Protocol's gRPC service on `grpc_port`."""
+    grpc_port = free_port()
+    env = {"LATENTSERVE_MODEL_REPOSITORY": str(MODELS), "LATENTSERVE_GRPC_PORT": str(grpc_port)}
+    server = LiveServer(env)
+    server.grpc_port = grpc_port
+    server.start()
     try:
         yield server
     finally:

@@ -12,10 +12,11 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.__main__ import main
+from bench.__main__ import main, median_rounds, select_workloads
 from bench.loadgen import StepResult
 from bench.naive_server import create_app as create_naive_app
-from bench.report import check_targets, table
+from bench.report import check_targets, markers, stem, table
+from bench.workloads import OIP_WORKLOADS
 from tests.conftest import MODELS
 from tests.tiny_models import write_gan
 
@@ -74,6 +75,63 @@ def test_quick_run_measures_every_system_and_workload(repository: Path, tmp_path
     assert doc["meta"]["models"] == ["digits-vae", "tiny-gan"]
 
 
+@pytest.mark.e2e
+def test_front_doors_run_side_by_side_into_their_own_docs_section(
+    repository: Path, tmp_path: Path
+) -> None:
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(
+        "# Benchmarks\n\nprose\n\n<!-- bench:results:start -->\nkept\n<!-- bench:results:end -->\n"
+    )
+    out = tmp_path / "oip.json"
+    code = main(
+        [
+            "--models", str(repository),
+            "--vae-model", "digits-vae",
+            "--workloads", "oip",
+            "--systems", "service,naive,inprocess",
+            "--concurrency", "1,4",
+            "--duration", "0.2",
+            "--warmup", "0.05",
+            "--rounds", "2",
+            "--interleave-workloads",
+            "--section", "oip",
+            "--json", str(out),
+            "--docs", str(docs),
+            "--no-plot",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    doc = json.loads(out.read_text())
+    seen = [(r["workload"], r["system"], r["concurrency"]) for r in doc["results"]]
+    names = [w.name for w in OIP_WORKLOADS]
+    # c outer, workloads inner; the naive baseline has no /decode or /v2 and is left out
+    assert seen == [(w, s, c) for c in (1, 4) for w in names for s in ("service", "inprocess")]
+    assert all(r["errors"] == 0 and r["requests"] > 0 for r in doc["results"])
+    assert {t["name"] for t in doc["targets"]} >= {
+        "decode-vae-n64-oip-binary: vs the native .npy route at c=4",
+        "decode-vae-n64-grpc: vs the native .npy route at c=4",
+    }
+    text = docs.read_text()
+    start, end = markers("oip")
+    assert "kept" in text and start in text and end in text
+    assert "2 rounds, each step's median round kept" in text
+    assert "| decode-vae-n64-grpc | service | 4 |" in text
+
+
+def test_workload_selection_and_median_rounds() -> None:
+    assert [w.name for w in select_workloads("oip")] == [w.name for w in OIP_WORKLOADS]
+    assert [w.name for w in select_workloads("sample-vae-n1-json,oip")][:2] == [
+        "sample-vae-n1-json",
+        "decode-vae-n64-npy",
+    ]
+    with pytest.raises(SystemExit, match="unknown workload 'nope'"):
+        select_workloads("nope")
+    assert stem("decode-vae-n64-oip-binary") == stem("decode-vae-n64-npy") == "decode-vae-n64"
+    rounds = [_step("service", "w", 64, 1, n, 1.0) for n in (300, 100, 200)]
+    assert [r.requests for r in median_rounds(rounds)] == [200]
+
+
 def _step(system: str, workload: str, c: int, n: int, requests: int, p50: float) -> StepResult:
     return StepResult(system, workload, c, n, requests, 0, 1.0, p50, p50, p50, None)
 
@@ -105,6 +163,16 @@ def test_targets_are_ratios_of_the_same_run() -> None:
     assert npy.measured.endswith("= 4.5x") and npy.met
     startup = targets["service startup to ready"]
     assert not startup.met
+    results += [
+        _step("service", "decode-vae-n64-npy", 64, 64, 400, 50.0),
+        _step("service", "decode-vae-n64-oip-binary", 64, 64, 380, 50.0),
+        _step("service", "decode-vae-n64-grpc", 64, 64, 340, 50.0),
+    ]
+    targets = {t.name: t for t in check_targets(results, {})}
+    binary = targets["decode-vae-n64-oip-binary: vs the native .npy route at c=64"]
+    assert binary.measured == "380 / 400 = 0.95x" and binary.met
+    grpc = targets["decode-vae-n64-grpc: vs the native .npy route at c=64"]
+    assert grpc.measured == "340 / 400 = 0.85x" and not grpc.met
     text = table(results)
     assert text.splitlines()[0].split()[:3] == ["workload", "system", "c"]
     assert len(text.splitlines()) == len(results) + 1

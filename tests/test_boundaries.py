@@ -73,6 +73,25 @@ def test_runtime_imports_no_http_package() -> None:
     assert done.stdout.strip() == "ok"
 
 
+def test_the_command_line_serves_without_the_client_or_grpc_extras() -> None:
+    """A server-only install (the Dockerfile's `.[server]`) builds the whole command line and
+    the app: the client commands import httpx and the gRPC door grpcio only when used."""
+    done = _run_with_blocked(
+        ("httpx", "grpc", "google"),
+        """
+        from typer.testing import CliRunner
+        from service.__main__ import cli
+        from service.api.app import create_app
+        result = CliRunner().invoke(cli, ["serve", "--help"])
+        assert result.exit_code == 0, result.output
+        create_app()
+        print("ok")
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
 def _imports(path: Path, package_root: Path) -> set[str]:
     """Modules of this project that `path` imports, anywhere in the file (lazy imports too)."""
     found: set[str] = set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import resource
 from pathlib import Path
 
@@ -145,6 +146,32 @@ async def test_encode_draws_match_the_posterior(client, digits_test) -> None:
     assert z.shape == (4, 4000, 8)
     np.testing.assert_allclose(z.mean(1), body["mean"], atol=0.1)
     np.testing.assert_allclose(np.log(z.var(1)), body["log_var"], atol=0.15)
+
+
+async def test_infer_part_runs_one_graph_on_checked_tensors(client) -> None:
+    plane = client.app.state.data_plane  # type: ignore[attr-defined]
+    z = np.random.default_rng(2).standard_normal((5, 8)).astype(np.float32)
+    ran = await plane.infer_part("digits-vae", "decoder", {"z": z})
+    np.testing.assert_array_equal(ran.outputs["x"], (await plane.decode(None, z)).outputs)
+    encoded = await plane.infer_part(None, "encoder", {"x": ran.outputs["x"]}, outputs=["log_var"])
+    assert list(encoded.outputs) == ["log_var"] and encoded.outputs["log_var"].shape == (5, 8)
+    cases: list[tuple[str, dict[str, np.ndarray], type[Exception], str | None, str]] = [
+        ("generator", {"z": z}, OperationNotSupported, "part", "its parts: encoder, decoder"),
+        ("decoder", {}, InvalidInput, "z", "missing"),
+        ("decoder", {"z": z, "label": np.zeros(5, np.int64)}, InvalidInput, "label", "no input"),
+        ("decoder", {"z": z.astype(np.float64)}, InvalidInput, "z", "float32"),
+        ("decoder", {"z": z[:, :4]}, InvalidInput, "z", "expected shape [n, 8], got [5, 4]"),
+        ("decoder", {"z": z[0]}, InvalidInput, "z", "expected shape [n, 8], got [8]"),
+        ("decoder", {"z": z[:0]}, InvalidInput, "z", "at least one"),
+        ("decoder", {"z": np.full((1, 8), np.inf, np.float32)}, InvalidInput, "z", "finite"),
+        ("decoder", {"z": np.zeros((2000, 8), np.float32)}, PayloadTooLarge, "z", "at most"),
+    ]
+    for role, inputs, error, field, text in cases:
+        with pytest.raises(error, match=re.escape(text)) as caught:
+            await plane.infer_part(None, role, inputs)
+        assert caught.value.field == field, (role, text)  # type: ignore[attr-defined]
+    with pytest.raises(InvalidInput, match="no output 'y'"):
+        await plane.infer_part(None, "decoder", {"z": z}, outputs=["y"])
 
 
 # -- .npy bodies ---------------------------------------------------------------------------------

@@ -38,7 +38,11 @@ def _copy_project(tmp_path: Path) -> Path:
     ("old", "new"),
     [
         pytest.param('"orjson>=3.10",', '"orjson>=3.11",', id="server-range-changed"),
-        pytest.param('"typer>=0.12",\n]', '"typer>=0.12",\n    "rich>=13",\n]', id="server-added"),
+        pytest.param(
+            '"python-multipart>=0.0.9",',
+            '"python-multipart>=0.0.9",\n    "rich>=13",',
+            id="server-added",
+        ),
         pytest.param('client = ["httpx>=0.27"', 'client = ["httpx>=0.28"', id="client-changed"),
     ],
 )

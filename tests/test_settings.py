@@ -35,6 +35,7 @@ def test_environment_variables_are_parsed(monkeypatch: pytest.MonkeyPatch) -> No
         pytest.param("LATENTSERVE_MAX_BATCH_SIZE", "0", id="zero-batch"),
         pytest.param("LATENTSERVE_GRAPH_OPTIMIZATION", "max", id="bad-level"),
         pytest.param("LATENTSERVE_CUDA_OPTIONS", "not json", id="bad-json"),
+        pytest.param("LATENTSERVE_GRPC_PORT", "70000", id="grpc-port-out-of-range"),
     ],
 )
 def test_unusable_values_fail_at_start(

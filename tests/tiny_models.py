@@ -94,21 +94,27 @@ def _encoder_graph(w: dict[str, np.ndarray], conditional: bool) -> onnx.GraphPro
     return helper.make_graph(nodes, "encoder", inputs, outputs, inits)
 
 
-def _discriminator_graph(w: dict[str, np.ndarray]) -> onnx.GraphProto:
-    """x (B, 1, S, S) -> logit (B, 1) = flat(x) W - 0.5 * sum(W)."""
+def _discriminator_graph(w: dict[str, np.ndarray], half: bool = False) -> onnx.GraphProto:
+    """x (B, 1, S, S) -> logit (B, 1) = flat(x) W; with `half`, x and logit are float16 (the
+    graph computes in float32 between two casts)."""
     inits = [
         numpy_helper.from_array(w["W_dis"], "W_dis"),
         numpy_helper.from_array(np.array([-1, PIXELS], np.int64), "flat_shape"),
     ]
+    io_type = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    x_in, logit_out = ("x16", "logit32") if half else ("x", "logit")
     nodes = [
-        helper.make_node("Reshape", ["x", "flat_shape"], ["flat"]),
-        helper.make_node("MatMul", ["flat", "W_dis"], ["logit"]),
+        helper.make_node("Reshape", [x_in, "flat_shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "W_dis"], [logit_out]),
     ]
+    if half:
+        nodes.insert(0, helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT))
+        nodes.append(helper.make_node("Cast", ["logit32"], ["logit"], to=TensorProto.FLOAT16))
     return helper.make_graph(
         nodes,
         "discriminator",
-        [_value("x", ["B", 1, SIDE, SIDE])],
-        [_value("logit", ["B", 1])],
+        [_value("x", ["B", 1, SIDE, SIDE], io_type)],
+        [_value("logit", ["B", 1], io_type)],
         inits,
     )
 
@@ -124,12 +130,11 @@ def _part(folder: Path, role: PartRole, graph: onnx.GraphProto) -> OnnxPart:
         "log_var": [None, LATENT],
         "logit": [None, 1],
     }
-    dtypes = {"label": "int64"}
+    dtypes: dict[int, str] = {int(TensorProto.INT64): "int64", int(TensorProto.FLOAT16): "float16"}
 
     def spec(v: onnx.ValueInfoProto) -> TensorSpec:
-        return TensorSpec.model_validate(
-            {"name": v.name, "shape": specs[v.name], "dtype": dtypes.get(v.name, "float32")}
-        )
+        dtype = dtypes.get(int(v.type.tensor_type.elem_type), "float32")
+        return TensorSpec.model_validate({"name": v.name, "shape": specs[v.name], "dtype": dtype})
 
     return OnnxPart(
         path=path.name,
@@ -139,12 +144,17 @@ def _part(folder: Path, role: PartRole, graph: onnx.GraphProto) -> OnnxPart:
     )
 
 
-def write_gan(folder: Path, name: str = "tiny-gan", seed: int = 0) -> Manifest:
+def write_gan(
+    folder: Path, name: str = "tiny-gan", seed: int = 0, half_discriminator: bool = False
+) -> Manifest:
+    """A GAN; `half_discriminator` gives its discriminator float16 input and output (for raw
+    part inference: the service's own scores feed float32)."""
     folder.mkdir(parents=True, exist_ok=True)
     w = weights(seed)
+    discriminator = _discriminator_graph(w, half=half_discriminator)
     parts = {
         PartRole.GENERATOR: _part(folder, PartRole.GENERATOR, _decoder_graph(w, False)),
-        PartRole.DISCRIMINATOR: _part(folder, PartRole.DISCRIMINATOR, _discriminator_graph(w)),
+        PartRole.DISCRIMINATOR: _part(folder, PartRole.DISCRIMINATOR, discriminator),
     }
     manifest = Manifest(
         name=name,

@@ -9,7 +9,7 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -24,12 +24,17 @@ from service.api.metrics import Metrics
 from service.api.middleware import DocsGuard, RequestContextMiddleware
 from service.api.pages import install_pages
 from service.logs import configure_logging
+from service.oip.rest import probes as oip_probes
+from service.oip.rest import router as oip_router
 from service.runtime.batching import BatchingConfig
 from service.runtime.dataplane import DataPlane, RequestLimits, choose_default_model
 from service.runtime.peers import ReloadSignals
 from service.runtime.repository import ModelRepository
 from service.runtime.sessions import SessionConfig
 from service.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from service.oip.grpc_server import GrpcFrontDoor
 
 log = logging.getLogger("latentserve")
 
@@ -86,6 +91,24 @@ def request_limits(s: Settings) -> RequestLimits:
     )
 
 
+async def start_grpc(app: FastAPI) -> GrpcFrontDoor | None:
+    """The Open Inference Protocol's gRPC server on `grpc_port`, or None when it is off. grpcio
+    is imported only here, so a server without the grpc extra serves HTTP as before."""
+    settings: Settings = app.state.settings
+    if not settings.grpc_port:
+        return None
+    try:
+        from service.oip.grpc_server import GrpcFrontDoor
+    except ImportError as exc:
+        raise RuntimeError(
+            f"LATENTSERVE_GRPC_PORT is set but gRPC cannot load ({exc}); install the grpc "
+            "extra: pip install 'latentserve[grpc]'"
+        ) from exc
+    door = GrpcFrontDoor(app.state.data_plane, settings, app.state.metrics)
+    await door.start()
+    return door
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -127,9 +150,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.model_repository,
         ", ".join(f"{n} on {m.provider}" for n, m in repo.models.items()) or "none",
     )
+    grpc_door: GrpcFrontDoor | None = None
     try:
+        grpc_door = await start_grpc(app)
         yield
     finally:
+        if grpc_door is not None:
+            await grpc_door.stop()  # in-flight calls finish before the models close
         if follower is not None:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
@@ -193,5 +220,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models_router)
     app.include_router(probes_router)
     install_pages(app, ui=settings.ui)
+    app.include_router(oip_probes)
+    app.include_router(oip_router)  # last: it ends with the catch-all for unknown /v2 routes
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -6,13 +6,13 @@ dependency per request for work that takes microseconds.
 
 from __future__ import annotations
 
-import hmac
 import math
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from service.api.metrics import Metrics
+from service.auth import API_KEY_HINT, api_key_accepted
 from service.errors import InvalidInput, Unauthorized
 from service.runtime.dataplane import DataPlane
 from service.runtime.repository import ModelRepository
@@ -65,19 +65,16 @@ def request_timeout(request: Request) -> float | None:
     return seconds
 
 
+async def require_api_key(request: Request) -> None:
+    """Bearer-token check in constant time; a no-op when no key is configured."""
+    settings: Settings = request.app.state.settings
+    if not api_key_accepted(settings.api_key, request.headers.get("authorization")):
+        raise Unauthorized(API_KEY_HINT, field="Authorization")
+
+
 def has_api_key(settings: Settings, authorization: str | None) -> bool:
     """True when no key is configured or `authorization` is `Bearer <key>` (constant time)."""
-    if settings.api_key is None:
-        return True
-    scheme, _, token = (authorization or "").partition(" ")
-    expected = settings.api_key.get_secret_value().encode()
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)
+    return api_key_accepted(settings.api_key, authorization)
 
 
-UNAUTHORIZED = "missing or wrong API key: send 'Authorization: Bearer <key>'"
-
-
-async def require_api_key(request: Request) -> None:
-    """Bearer-token check; a no-op when no key is configured."""
-    if not has_api_key(request.app.state.settings, request.headers.get("authorization")):
-        raise Unauthorized(UNAUTHORIZED, field="Authorization")
+UNAUTHORIZED = API_KEY_HINT

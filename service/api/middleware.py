@@ -9,8 +9,6 @@ Written as plain ASGI (not BaseHTTPMiddleware) so it adds no task or buffering p
 from __future__ import annotations
 
 import logging
-import os
-import re
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,13 +18,12 @@ from service.api.deps import UNAUTHORIZED, has_api_key
 from service.api.lifecycle import Drain
 from service.api.metrics import Metrics
 from service.errors import PayloadTooLarge
-from service.logs import model_var, request_id_var
+from service.logs import model_var, request_id_from, request_id_var
 from service.settings import Settings
 
 log = logging.getLogger("latentserve.access")
 
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_UNMETERED = {"/metrics", "/healthz", "/readyz"}
+_UNMETERED = {"/metrics", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}
 
 
 class RequestContextMiddleware:
@@ -43,8 +40,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _VALID_REQUEST_ID.match(incoming) else os.urandom(16).hex()
+        request_id = request_id_from(headers.get(b"x-request-id", b"").decode("latin-1"))
         token = request_id_var.set(request_id)
         model_token = model_var.set(None)
         started = time.perf_counter()

@@ -5,6 +5,7 @@
     with Client("http://127.0.0.1:8000") as c:
         samples = c.sample(16, seed=0)            # numpy array (16, *input_shape)
         scores = c.anomaly_score(samples).scores
+        images = c.sample_images(4, seed=0)       # PIL images (Pillow imported on demand)
 """
 
 from service.client._client import (
@@ -15,6 +16,8 @@ from service.client._client import (
     AsyncClient,
     Client,
     Encoding,
+    ImageSource,
+    Method,
     RetryPolicy,
 )
 from service.client._errors import APIError, ConnectionFailed, LatentServeClientError
@@ -30,5 +33,7 @@ __all__ = [
     "Client",
     "ConnectionFailed",
     "Encoding",
+    "ImageSource",
     "LatentServeClientError",
+    "Method",
 ]

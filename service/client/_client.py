@@ -5,23 +5,33 @@ string), smaller ones as JSON; results come back as `.npy` where the route offer
 that meet a busy server (503) or a broken connection are retried with exponential backoff that
 honours `Retry-After` (`RetryPolicy`): every route gives the same answer for the same seed, so a
 retry is safe.
+
+Images come back as PIL images only when asked for (`sample_images`): Pillow is imported then,
+so the client itself needs nothing but httpx and numpy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
+import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from service.client._errors import APIError, ConnectionFailed
+from service.client._errors import APIError, ConnectionFailed, LatentServeClientError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 DEFAULT_TIMEOUT = 30.0
 NPY = "application/x-npy"
@@ -124,6 +134,41 @@ def _labels(labels: ArrayLike | int | None) -> Any:
     if labels is None:
         return None
     return np.atleast_1d(np.asarray(labels, dtype=np.int64)).tolist()
+
+
+ImageSource = bytes | str | os.PathLike[str]
+"""An encoded PNG or JPEG: its bytes, or the path of a file holding it."""
+
+
+def _image_files(images: Sequence[ImageSource]) -> list[tuple[str, tuple[str, bytes]]]:
+    """Multipart `images` fields, named after their files where they came from files."""
+    files = []
+    for i, item in enumerate(images):
+        if isinstance(item, bytes):
+            name, data = f"image-{i}", item
+        else:
+            path = Path(item)
+            name, data = path.name, path.read_bytes()
+        files.append(("images", (name, data)))
+    return files
+
+
+def _form(fields: dict[str, Any]) -> dict[str, str]:
+    """Form fields as the server reads them: JSON values (numbers, lists), strings as they are."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+
+
+def _pil_images(encoded: list[str]) -> list[Image]:
+    try:
+        from PIL import Image as PILImage
+    except ImportError as exc:
+        raise LatentServeClientError("PIL images need Pillow: pip install pillow") from exc
+    images: list[Image] = []
+    for item in encoded:
+        img = PILImage.open(io.BytesIO(base64.b64decode(item)))
+        img.load()
+        images.append(img)
+    return images
 
 
 def _raise_for_error(response: httpx.Response) -> None:
@@ -251,6 +296,14 @@ class Client:
         request = body if isinstance(body, _Request) else _Request(path, accept, json_body=body)
         return self._send("POST", path, **request.kwargs())
 
+    def _post_files(
+        self, path: str, fields: dict[str, Any], files: list[tuple[str, tuple[str, bytes]]]
+    ) -> httpx.Response:
+        try:
+            return self._http.post(path, data=_form(fields), files=files)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"POST {path}: {exc}") from exc
+
     def _get(self, path: str) -> httpx.Response:
         return self._send("GET", path)
 
@@ -288,11 +341,17 @@ class Client:
         seed: int | None = None,
         temperature: float = 1.0,
         labels: ArrayLike | int | None = None,
+        scale: int = 1,
         model: str | None = None,
     ) -> bytes:
-        """One PNG grid of `n` samples."""
+        """One PNG grid of `n` samples, each model pixel drawn as `scale` x `scale` pixels."""
         body = self._r.body(
-            model=model, n=n, seed=seed, temperature=temperature, labels=_labels(labels)
+            model=model,
+            n=n,
+            seed=seed,
+            temperature=temperature,
+            labels=_labels(labels),
+            scale=scale,
         )
         response = self._post("/sample", body, "image/png")
         _raise_for_error(response)
@@ -382,6 +441,53 @@ class Client:
         )
         return self._r.scores(self._r.json(self._post("/anomaly-score", body)))
 
+    def sample_images(
+        self,
+        n: int = 1,
+        *,
+        seed: int | None = None,
+        temperature: float = 1.0,
+        labels: ArrayLike | int | None = None,
+        scale: int = 1,
+        model: str | None = None,
+    ) -> list[Image]:
+        """`n` samples as PIL images (imports Pillow), `scale` x `scale` pixels per model
+        pixel; for models whose examples are images."""
+        body = self._r.body(
+            model=model,
+            n=n,
+            seed=seed,
+            temperature=temperature,
+            labels=_labels(labels),
+            scale=scale,
+            output_format="png",
+        )
+        return _pil_images(self._r.json(self._post("/sample", body))["images"])
+
+    def anomaly_score_images(
+        self,
+        images: Sequence[ImageSource],
+        *,
+        method: Method = "reconstruction",
+        k: int = 16,
+        seed: int = 0,
+        threshold: float | None = None,
+        labels: ArrayLike | int | None = None,
+        model: str | None = None,
+    ) -> AnomalyScores:
+        """Scores of PNG or JPEG images (bytes or file paths), uploaded as they are: the server
+        converts them to the model's input as it converted the training images."""
+        fields = self._r.body(
+            model=model,
+            method=method,
+            k=k,
+            seed=seed,
+            threshold=threshold,
+            labels=_labels(labels),
+        )
+        response = self._post_files("/anomaly-score", fields, _image_files(images))
+        return self._r.scores(self._r.json(response))
+
 
 class AsyncClient:
     """The same methods as `Client`, awaitable."""
@@ -433,6 +539,14 @@ class AsyncClient:
     ) -> httpx.Response:
         request = body if isinstance(body, _Request) else _Request(path, accept, json_body=body)
         return await self._send("POST", path, **request.kwargs())
+
+    async def _post_files(
+        self, path: str, fields: dict[str, Any], files: list[tuple[str, tuple[str, bytes]]]
+    ) -> httpx.Response:
+        try:
+            return await self._http.post(path, data=_form(fields), files=files)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"POST {path}: {exc}") from exc
 
     async def _get(self, path: str) -> httpx.Response:
         return await self._send("GET", path)
@@ -506,11 +620,17 @@ class AsyncClient:
         seed: int | None = None,
         temperature: float = 1.0,
         labels: ArrayLike | int | None = None,
+        scale: int = 1,
         model: str | None = None,
     ) -> bytes:
-        """One PNG grid of `n` samples."""
+        """One PNG grid of `n` samples, each model pixel drawn as `scale` x `scale` pixels."""
         body = self._r.body(
-            model=model, n=n, seed=seed, temperature=temperature, labels=_labels(labels)
+            model=model,
+            n=n,
+            seed=seed,
+            temperature=temperature,
+            labels=_labels(labels),
+            scale=scale,
         )
         response = await self._post("/sample", body, "image/png")
         _raise_for_error(response)
@@ -564,3 +684,50 @@ class AsyncClient:
             labels=_labels(labels),
         )
         return self._r.scores(self._r.json(await self._post("/anomaly-score", body)))
+
+    async def sample_images(
+        self,
+        n: int = 1,
+        *,
+        seed: int | None = None,
+        temperature: float = 1.0,
+        labels: ArrayLike | int | None = None,
+        scale: int = 1,
+        model: str | None = None,
+    ) -> list[Image]:
+        """`n` samples as PIL images (imports Pillow), `scale` x `scale` pixels per model
+        pixel; for models whose examples are images."""
+        body = self._r.body(
+            model=model,
+            n=n,
+            seed=seed,
+            temperature=temperature,
+            labels=_labels(labels),
+            scale=scale,
+            output_format="png",
+        )
+        return _pil_images(self._r.json(await self._post("/sample", body))["images"])
+
+    async def anomaly_score_images(
+        self,
+        images: Sequence[ImageSource],
+        *,
+        method: Method = "reconstruction",
+        k: int = 16,
+        seed: int = 0,
+        threshold: float | None = None,
+        labels: ArrayLike | int | None = None,
+        model: str | None = None,
+    ) -> AnomalyScores:
+        """Scores of PNG or JPEG images (bytes or file paths), uploaded as they are: the server
+        converts them to the model's input as it converted the training images."""
+        fields = self._r.body(
+            model=model,
+            method=method,
+            k=k,
+            seed=seed,
+            threshold=threshold,
+            labels=_labels(labels),
+        )
+        response = await self._post_files("/anomaly-score", fields, _image_files(images))
+        return self._r.scores(self._r.json(response))

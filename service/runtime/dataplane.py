@@ -8,6 +8,9 @@ may contain is decided here and in the modules it calls:
 - counts, k, steps, temperature, seeds and how far a request may expand: `RequestLimits` below
 - which threshold applies to a score, and the request's timeout: below
 - admission by expected queue wait: `service.runtime.batching`
+- raw tensor-in, tensor-out runs of one ONNX part (`infer_part`, for protocols that address
+  graphs directly, like the Open Inference Protocol): names, dtypes and shapes against the
+  manifest's `TensorSpec`s, through the same batcher as the operations
 
 Arguments arrive as the front door decoded them (nested lists, arrays, image bytes), so every
 front door gets the same conversion and the same errors, each naming the field at fault.
@@ -19,7 +22,7 @@ import asyncio
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -28,12 +31,13 @@ from numpy.typing import NDArray
 
 from service.arrays import to_array
 from service.capabilities import Operation, ScoreMethod
-from service.errors import DeadlineExceeded, InvalidInput, PayloadTooLarge
+from service.errors import DeadlineExceeded, InvalidInput, OperationNotSupported, PayloadTooLarge
 from service.images import decode_images
 from service.logs import model_var
+from service.manifest import PartRole, TensorSpec
 from service.runtime.batching import request_deadline
 from service.runtime.contract import F32, Labels
-from service.runtime.model import GenerativeModel, InterpolationMode
+from service.runtime.model import LABEL_INPUT, GenerativeModel, InterpolationMode
 from service.runtime.repository import ModelRepository
 
 T = TypeVar("T")
@@ -126,6 +130,15 @@ def _rows(value: Any) -> int | None:
     if isinstance(value, np.ndarray):
         return int(value.shape[0]) if value.ndim else None
     return len(value) if isinstance(value, list) else None
+
+
+@dataclass
+class PartOutputs:
+    """What one ONNX part returned, by output name, in the order the manifest lists them."""
+
+    model: GenerativeModel
+    role: PartRole
+    outputs: dict[str, NDArray[Any]]
 
 
 class DataPlane:
@@ -321,6 +334,67 @@ class DataPlane:
         flags = None if threshold is None else raw.scores > threshold
         return Scored(m, score_method, raw.scores, threshold, source, flags, raw.per_pixel)
 
+    async def infer_part(
+        self,
+        model: str | None,
+        role: PartRole | str,
+        inputs: Mapping[str, NDArray[Any]],
+        *,
+        outputs: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> PartOutputs:
+        """Run one ONNX part on the caller's own tensors: the graph's inputs by name, checked
+        against the manifest's `TensorSpec`s (every input present, nothing else, dtype and shape,
+        one batch size for all, finite values, labels in range), then run through the part's
+        batcher, so these calls merge with the operations' calls and meet the same admission.
+        `outputs` picks outputs by name (default: all)."""
+        m = self.model(model)
+        try:
+            part = m.parts[PartRole(role)]
+        except (ValueError, KeyError):
+            have = ", ".join(m.parts) or "none"
+            raise OperationNotSupported(
+                f"model {m.name} has no {role} part; its parts: {have}", field="part"
+            ) from None
+        specs = part.spec.inputs
+        unknown = sorted(set(inputs) - {t.name for t in specs})
+        if unknown:
+            names = ", ".join(t.name for t in specs)
+            raise InvalidInput(
+                f"the {part.role.value} of {m.name} has no input {unknown[0]!r}; it takes {names}",
+                field=unknown[0],
+            )
+        rows: int | None = None
+        feeds: dict[str, NDArray[Any]] = {}
+        for spec in specs:
+            if spec.name not in inputs:
+                raise InvalidInput(f"input {spec.name!r} is missing", field=spec.name)
+            value = self._tensor(spec, inputs[spec.name])
+            if rows is None:
+                rows = len(value)
+                self._count(rows, spec.name)
+            elif len(value) != rows:
+                raise InvalidInput(
+                    f"has {len(value)} rows, but {specs[0].name!r} has {rows}: every input "
+                    "needs the same batch size",
+                    field=spec.name,
+                )
+            if spec.name == LABEL_INPUT and m.manifest.conditional:
+                m.contract.labels(value, rows, field=spec.name)
+            feeds[spec.name] = value
+        returned = [t.name for t in part.spec.outputs]
+        wanted = returned if outputs is None else list(outputs)
+        for name in wanted:
+            if name not in returned:
+                raise InvalidInput(
+                    f"the {part.role.value} of {m.name} has no output {name!r}; it returns "
+                    f"{', '.join(returned)}",
+                    field=name,
+                )
+        results = await self._bounded(timeout_s, lambda: part.run(feeds))
+        by_name = dict(zip(returned, results, strict=True))
+        return PartOutputs(m, part.role, {name: by_name[name] for name in wanted})
+
     # -- request checks ------------------------------------------------------------------------
     def _admit(
         self,
@@ -343,6 +417,24 @@ class DataPlane:
             m.admit(work, rows, k)
         finally:
             request_deadline.reset(token)
+
+    @staticmethod
+    def _tensor(spec: TensorSpec, value: NDArray[Any]) -> NDArray[Any]:
+        """One input of a part as its graph declares it: dtype, rank, fixed sizes, finite."""
+        if value.dtype != np.dtype(spec.dtype):
+            raise InvalidInput(
+                f"expected {spec.dtype} values, got {value.dtype.name}", field=spec.name
+            )
+        declared = "[" + ", ".join("n" if d is None else str(d) for d in spec.shape) + "]"
+        if value.ndim != len(spec.shape) or any(
+            d is not None and d != got for d, got in zip(spec.shape, value.shape, strict=True)
+        ):
+            raise InvalidInput(
+                f"expected shape {declared}, got {list(value.shape)}", field=spec.name
+            )
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise InvalidInput("values must be finite numbers (no NaN or infinity)", spec.name)
+        return value
 
     def _count(self, n: int, field: str) -> None:
         if n < 1:

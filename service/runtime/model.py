@@ -30,6 +30,9 @@ from service.runtime.sessions import ProviderState, SessionConfig
 InterpolationMode = Literal["linear", "spherical"]
 T = TypeVar("T")
 
+LABEL_INPUT = "label"
+"""The graph input carrying class labels in conditional models (int64, one per row)."""
+
 INLINE_MATH_VALUES = 1 << 16
 """numpy work on fewer values than this runs on the event loop: a thread hop costs more."""
 
@@ -221,4 +224,4 @@ class GenerativeModel:
 def _feeds(name: str, value: F32, labels: Labels | None) -> dict[str, NDArray[np.generic]]:
     if labels is None:
         return {name: value}
-    return {name: value, "label": labels}
+    return {name: value, LABEL_INPUT: labels}
