@@ -127,9 +127,10 @@ class RequestContextMiddleware:
 class DocsGuard:
     """The API documentation (`/docs`, `/redoc`, `/openapi.json`) behind the API key when one is
     set and `docs_require_api_key` is on: the schema lists every route and field, which a
-    server that asks for a key on its routes should not hand to anyone."""
+    server that asks for a key on its routes should not hand to anyone. (A browser sends no
+    key to these pages: set `docs_require_api_key=false` to browse them on such a server.)"""
 
-    PATHS = ("/openapi.json", "/docs", "/redoc")
+    PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -160,4 +161,4 @@ class DocsGuard:
         await self.app(scope, receive, send)
 
     def _guarded(self, path: str) -> bool:
-        return any(path == p or path.startswith(p + "/") for p in self.PATHS)
+        return path.rstrip("/") in self.PATHS  # the pages' script and style files stay public
