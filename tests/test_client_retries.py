@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from service.client import APIError, AsyncClient, Client, ConnectionFailed, RetryPolicy
-from service.client import _client as client_module
 
 OK = {"model": "m", "version": "1", "mean": [[0.0]], "log_var": [[0.0]]}
 
@@ -24,7 +23,7 @@ def _busy(retry_after: str = "2") -> httpx.Response:
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     waited: list[float] = []
-    monkeypatch.setattr(client_module.time, "sleep", waited.append)
+    monkeypatch.setattr("service.client._client.time.sleep", waited.append)
     return waited
 
 
