@@ -142,8 +142,10 @@ def test_the_window_always_holds_exactly_the_last_scores(size: int) -> None:
         batch_bins = np.bincount(np.searchsorted(np.array(ref.bounds), scores), minlength=ref.bins)
         assert dict(added.binned) == {i: int(c) for i, c in enumerate(batch_bins) if c}
         assert added.outliers == int((scores > np.float32(ref.threshold)).sum())
-        moved = {i for i, (a, b) in enumerate(zip(before, window.counts, strict=True)) if a != b}
+        now = window.counts
+        moved = {(i, b) for i, (a, b) in enumerate(zip(before, now, strict=True)) if a != b}
         assert moved <= set(added.changed)
+        assert all(now[i] == count for i, count in added.changed)
     assert window.filled == size and window.scored == len(seen)
 
 

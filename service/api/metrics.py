@@ -129,6 +129,7 @@ class _Series:
     outliers: Counter
     bins: list[Gauge]
     window_outliers: Gauge
+    last_outliers: int = 0
 
 
 class Metrics:
@@ -245,7 +246,7 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self._monitor: ScoreMonitor | None = None
-        self._series: dict[tuple[str, str], _Series] = {}
+        self._series: dict[int, _Series] = {}  # by id() of the window
 
     def watch(self, monitor: ScoreMonitor) -> None:
         """Export `monitor`'s windows (it reports to this object as its observer)."""
@@ -303,22 +304,23 @@ class Metrics:
         )
 
     def scores_added(self, window: ScoreWindow, added: Added) -> None:
-        series = self._series.get((window.model, window.method.value))
-        if series is None or series.window is not window:
+        series = self._series.get(id(window))  # the series holds the window: ids stay unique
+        if series is None:
             series = self._series_of(window)
         observe_binned(series.histogram, added.binned, added.score_sum)
         if added.outliers:
             series.outliers.inc(added.outliers)
-        counts = window.counts
-        for b in added.changed:
-            series.bins[b].set(counts[b])
-        series.window_outliers.set(window.outliers)
+        for b, count in added.changed:
+            series.bins[b].set(count)
+        if series.last_outliers != window.outliers:
+            series.window_outliers.set(window.outliers)
+            series.last_outliers = window.outliers
 
     def window_cleared(self, window: ScoreWindow) -> None:
         """Take the window's gauges out of /metrics. In multiprocess mode a value cannot be
         removed from the shared files, so it is set to NaN, which the exposition leaves out."""
         model, method = window.model, window.method.value
-        self._series.pop((model, method), None)
+        self._series.pop(id(window), None)
         labels = [(model, method, label) for label in window.reference.labels]
         if _multiprocess():
             for label_values in labels:
@@ -340,7 +342,7 @@ class Metrics:
             [self.window_bins.labels(model, method, label) for label in window.reference.labels],
             self.window_outliers.labels(model, method),
         )
-        self._series[(model, method)] = series
+        self._series[id(window)] = series
         return series
 
 

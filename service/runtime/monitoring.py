@@ -41,7 +41,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -143,39 +143,42 @@ class Reference:
         )
 
 
-@dataclass(frozen=True)
-class Added:
+class Added(NamedTuple):
     """What one batch changed, for an observer: the histogram's and counter's increments and the
-    window bins whose count moved."""
+    window bins whose count moved (a tuple: built on every call, it must be cheap)."""
 
-    binned: Sequence[tuple[int, int]]
+    binned: list[tuple[int, int]]
     """(bin, scores of this batch in it), bins with none left out."""
     score_sum: float
     outliers: int
     """Scores of this batch above the calibrated threshold."""
-    changed: Sequence[int]
-    """Bins whose count in the window changed."""
+    changed: list[tuple[int, int]]
+    """(bin, its count in the window now) for every bin whose count changed."""
 
 
 class ScoreWindow:
-    """The last `size` scores of one model's score method, binned at its calibration."""
+    """The last `size` scores of one model's score method, binned at its calibration.
+
+    Bins, outlier flags and counts are Python lists: a request of one score touches about ten
+    of them, and a numpy scalar access costs several times a list's."""
 
     def __init__(self, model: str, reference: Reference, size: int) -> None:
         self.model = model
         self.reference = reference
         self.size = size
+        self.manifest: object = None
+        """The manifest object this window was last found current for (set by the monitor)."""
         self.started = time.time()
         self._bounds = list(reference.bounds)
+        self._bounds_array = np.asarray(reference.bounds, dtype=np.float64)
         # Compared as float32, like the scores and like the data plane's own flags.
         self._threshold = float(np.float32(reference.threshold))
-        self._bounds_array = np.asarray(reference.bounds, dtype=np.float64)
         nbins = reference.bins
-        self._slot_bins = np.full(size, nbins, dtype=np.int16)  # `nbins`: an empty slot
-        self._slot_outlier = np.zeros(size, dtype=np.bool_)
+        self._slot_bins = [nbins] * size  # `nbins`: an empty slot
+        self._slot_outlier = [False] * size
         self._slot_scores = np.zeros(size, dtype=np.float32)
         self._slot_times = np.zeros(size, dtype=np.float64)
-        self._counts = np.zeros(nbins + 1, dtype=np.int64)  # the last: empty slots
-        self._counts[nbins] = size
+        self._counts = [0] * nbins + [size]  # per bin, then the empty slots
         self._pos = 0
         self.outliers = 0
         """Scores in the window above the calibrated threshold."""
@@ -188,12 +191,12 @@ class ScoreWindow:
 
     @property
     def filled(self) -> int:
-        return self.size - int(self._counts[-1])
+        return self.size - self._counts[-1]
 
     @property
     def counts(self) -> list[int]:
         """Scores in the window per bin."""
-        return [int(c) for c in self._counts[:-1]]
+        return self._counts[:-1]
 
     @property
     def since(self) -> float | None:
@@ -212,7 +215,7 @@ class ScoreWindow:
 
     def scores(self) -> F32:
         """The scores in the window, in no particular order."""
-        return self._slot_scores[self._slot_bins < self.reference.bins]
+        return self._slot_scores[np.asarray(self._slot_bins) < self.reference.bins]
 
     def add(self, scores: F32) -> Added:
         self.scored += len(scores)
@@ -221,11 +224,11 @@ class ScoreWindow:
         return self._add_many(scores)
 
     def _add_few(self, scores: F32) -> Added:
-        threshold, bounds, size = self._threshold, self._bounds, self.size
+        threshold, bounds, size, pos = self._threshold, self._bounds, self.size, self._pos
         now = time.time()
         binned: dict[int, int] = {}
         changed: set[int] = set()
-        total, outliers, pos = 0.0, 0, self._pos
+        total, outliers, window_outliers = 0.0, 0, self.outliers
         counts, slot_bins, slot_outlier = self._counts, self._slot_bins, self._slot_outlier
         for s in scores.tolist():
             b = bisect.bisect_left(bounds, s)
@@ -233,42 +236,60 @@ class ScoreWindow:
             binned[b] = binned.get(b, 0) + 1
             total += s
             outliers += is_outlier
-            old = int(slot_bins[pos])
+            old = slot_bins[pos]
             if old != b:
                 counts[old] -= 1
                 counts[b] += 1
-                changed.update((old, b))
-            self.outliers += is_outlier - bool(slot_outlier[pos])
+                changed.add(old)
+                changed.add(b)
+            window_outliers += is_outlier - slot_outlier[pos]
             slot_bins[pos] = b
             slot_outlier[pos] = is_outlier
             self._slot_scores[pos] = s
             self._slot_times[pos] = now
             pos = pos + 1 if pos + 1 < size else 0
-        self._pos = pos
-        changed.discard(self.reference.bins)
-        return Added(sorted(binned.items()), total, outliers, sorted(changed))
+        self._pos, self.outliers = pos, window_outliers
+        changed.discard(self.reference.bins)  # the count of empty slots
+        return Added(list(binned.items()), total, outliers, [(b, counts[b]) for b in changed])
 
     def _add_many(self, scores: F32) -> Added:
         nbins, size = self.reference.bins, self.size
         b = np.searchsorted(self._bounds_array, scores, side="left")
         flags = scores > self._threshold
-        per_bin = np.bincount(b, minlength=nbins)
-        binned = [(int(i), int(per_bin[i])) for i in np.flatnonzero(per_bin)]
-        total, outliers = float(scores.sum(dtype=np.float64)), int(flags.sum())
-        if len(scores) > size:  # only the last `size` stay in the window
+        per_bin = np.bincount(b, minlength=nbins).tolist()
+        binned = [(i, c) for i, c in enumerate(per_bin) if c]
+        outliers = int(np.count_nonzero(flags))
+        total = float(scores.sum(dtype=np.float64))
+        if len(scores) >= size:  # only the last `size` stay: they fill the window
             b, flags, scores = b[-size:], flags[-size:], scores[-size:]
-        slots = (self._pos + np.arange(len(b))) % size
-        delta = np.bincount(b, minlength=nbins + 1) - np.bincount(
-            self._slot_bins[slots], minlength=nbins + 1
-        )
-        self._counts += delta
-        self.outliers += int(flags.sum()) - int(self._slot_outlier[slots].sum())
-        self._slot_bins[slots] = b
-        self._slot_outlier[slots] = flags
-        self._slot_scores[slots] = scores
-        self._slot_times[slots] = time.time()
-        self._pos = int(slots[-1] + 1) % size
-        changed = [int(i) for i in np.flatnonzero(delta[:nbins])]
+            per_bin = np.bincount(b, minlength=nbins).tolist()
+            self._pos = 0
+        new_bins, new_flags = b.tolist(), flags.tolist()
+        window_outliers = self.outliers + sum(new_flags)
+        removed = [0] * (nbins + 1)
+        now = time.time()
+        # Write in at most two runs of slots (the ring wraps once at most).
+        first = min(len(new_bins), size - self._pos)
+        for start, offset, n in ((self._pos, 0, first), (0, first, len(new_bins) - first)):
+            if n <= 0:
+                continue
+            slots, part = slice(start, start + n), slice(offset, offset + n)
+            for old in self._slot_bins[slots]:
+                removed[old] += 1
+            window_outliers -= sum(self._slot_outlier[slots])
+            self._slot_bins[slots] = new_bins[part]
+            self._slot_outlier[slots] = new_flags[part]
+            self._slot_scores[slots] = scores[part]
+            self._slot_times[slots] = now
+        self._pos = (self._pos + len(new_bins)) % size
+        self.outliers = window_outliers
+        changed = []
+        for i in range(nbins + 1):
+            delta = (per_bin[i] if i < nbins else 0) - removed[i]
+            if delta:
+                self._counts[i] += delta
+                if i < nbins:
+                    changed.append((i, self._counts[i]))
         return Added(binned, total, outliers, changed)
 
 
@@ -331,18 +352,16 @@ class ScoreMonitor:
         self.min_scores = min_scores
         self._observer = observer
         self._windows: dict[tuple[str, ScoreMethod], ScoreWindow] = {}
-        self._manifests: dict[tuple[str, ScoreMethod], object] = {}  # what each window checked
 
     def windows(self) -> list[ScoreWindow]:
         return list(self._windows.values())
 
     def record(self, model: GenerativeModel, method: ScoreMethod, scores: F32, k: int) -> None:
         """Add one call's scores (see the module docstring for which count)."""
-        if method.sampled and k != DEFAULT_K:
+        if k != DEFAULT_K and method.sampled:
             return
-        key = (model.name, method)
-        window = self._windows.get(key)
-        if window is None or self._manifests.get(key) is not model.manifest:
+        window = self._windows.get((model.name, method))
+        if window is None or window.manifest is not model.manifest:
             window = self._follow(model, method)
             if window is None:
                 return
@@ -360,17 +379,16 @@ class ScoreMonitor:
                 self._drop((name, method), window)
         for model in models.values():
             for method in model.capabilities.score_methods:
-                key = (model.name, method)
-                if key not in self._windows or self._manifests.get(key) is not model.manifest:
+                current = self._windows.get((model.name, method))
+                if current is None or current.manifest is not model.manifest:
                     self._follow(model, method)
 
     def report(self, model: GenerativeModel) -> list[MethodMonitoring]:
         """Every calibrated method of `model`: its window now, drift computed here."""
         out = []
         for method in model.capabilities.score_methods:
-            key = (model.name, method)
-            window = self._windows.get(key)
-            if window is None or self._manifests.get(key) is not model.manifest:
+            window = self._windows.get((model.name, method))
+            if window is None or window.manifest is not model.manifest:
                 window = self._follow(model, method)
             if window is not None:
                 out.append(self._describe(window))
@@ -393,13 +411,13 @@ class ScoreMonitor:
             if old is not None:
                 self._drop(key, old)
             return None
-        self._manifests[key] = model.manifest
         if old is not None and old.reference.fingerprint == reference.fingerprint:
+            old.manifest = model.manifest
             return old
         if old is not None:
             self._drop(key, old)
-            self._manifests[key] = model.manifest
         window = ScoreWindow(model.name, reference, self.window)
+        window.manifest = model.manifest
         self._windows[key] = window
         if self._observer is not None:
             self._observer.window_started(window)
@@ -407,7 +425,6 @@ class ScoreMonitor:
 
     def _drop(self, key: tuple[str, ScoreMethod], window: ScoreWindow) -> None:
         del self._windows[key]
-        self._manifests.pop(key, None)
         if self._observer is not None:
             self._observer.window_cleared(window)
 
