@@ -159,8 +159,10 @@ class Added(NamedTuple):
 class ScoreWindow:
     """The last `size` scores of one model's score method, binned at its calibration.
 
-    Bins, outlier flags and counts are Python lists: a request of one score touches about ten
-    of them, and a numpy scalar access costs several times a list's."""
+    The ring holds the scores only: a score overwritten is binned and compared with the
+    threshold again to take it out of the counts, which costs less than keeping its bin and
+    flag (a request of one score would touch two more arrays; one of 64 would loop over them).
+    The counts are a Python list: a numpy scalar access costs several times a list's."""
 
     def __init__(self, model: str, reference: Reference, size: int) -> None:
         self.model = model
@@ -173,13 +175,13 @@ class ScoreWindow:
         self._bounds_array = np.asarray(reference.bounds, dtype=np.float64)
         # Compared as float32, like the scores and like the data plane's own flags.
         self._threshold = float(np.float32(reference.threshold))
-        nbins = reference.bins
-        self._slot_bins = [nbins] * size  # `nbins`: an empty slot
-        self._slot_outlier = [False] * size
-        self._slot_scores = np.zeros(size, dtype=np.float32)
-        self._slot_times = np.zeros(size, dtype=np.float64)
-        self._counts = [0] * nbins + [size]  # per bin, then the empty slots
-        self._pos = 0
+        at = [i for i, edge in enumerate(reference.bounds) if edge == self._threshold]
+        self._threshold_bin = at[0] if at else None  # scores above it: bins after this one
+        self._scores = np.zeros(size, dtype=np.float32)
+        self._times = np.zeros(size, dtype=np.float64)
+        self._counts = [0] * reference.bins
+        self._filled = 0
+        self._pos = 0  # the next slot to write; while filling, also the count of scores
         self.outliers = 0
         """Scores in the window above the calibrated threshold."""
         self.scored = 0
@@ -191,31 +193,30 @@ class ScoreWindow:
 
     @property
     def filled(self) -> int:
-        return self.size - self._counts[-1]
+        return self._filled
 
     @property
     def counts(self) -> list[int]:
         """Scores in the window per bin."""
-        return self._counts[:-1]
+        return list(self._counts)
 
     @property
     def since(self) -> float | None:
         """When the oldest score in the window arrived (None: empty)."""
-        filled = self.filled
-        if not filled:
+        if not self._filled:
             return None
-        return float(self._slot_times[self._pos if filled == self.size else 0])
+        return float(self._times[self._pos if self._filled == self.size else 0])
 
     @property
     def last(self) -> float | None:
         """When the newest score arrived (None: empty)."""
-        if not self.filled:
+        if not self._filled:
             return None
-        return float(self._slot_times[self._pos - 1])
+        return float(self._times[self._pos - 1])
 
     def scores(self) -> F32:
         """The scores in the window, in no particular order."""
-        return self._slot_scores[np.asarray(self._slot_bins) < self.reference.bins]
+        return self._scores[: self._filled].copy()
 
     def add(self, scores: F32) -> Added:
         self.scored += len(scores)
@@ -229,68 +230,82 @@ class ScoreWindow:
         binned: dict[int, int] = {}
         changed: set[int] = set()
         total, outliers, window_outliers = 0.0, 0, self.outliers
-        counts, slot_bins, slot_outlier = self._counts, self._slot_bins, self._slot_outlier
+        counts, ring, times, filled = self._counts, self._scores, self._times, self._filled
         for s in scores.tolist():
             b = bisect.bisect_left(bounds, s)
             is_outlier = s > threshold
             binned[b] = binned.get(b, 0) + 1
             total += s
             outliers += is_outlier
-            old = slot_bins[pos]
-            if old != b:
-                counts[old] -= 1
+            window_outliers += is_outlier
+            if filled == size:  # the oldest score leaves
+                old = ring.item(pos)
+                window_outliers -= old > threshold
+                old_bin = bisect.bisect_left(bounds, old)
+                if old_bin != b:
+                    counts[old_bin] -= 1
+                    counts[b] += 1
+                    changed.add(old_bin)
+                    changed.add(b)
+            else:
+                filled += 1
                 counts[b] += 1
-                changed.add(old)
                 changed.add(b)
-            window_outliers += is_outlier - slot_outlier[pos]
-            slot_bins[pos] = b
-            slot_outlier[pos] = is_outlier
-            self._slot_scores[pos] = s
-            self._slot_times[pos] = now
+            ring[pos] = s
+            times[pos] = now
             pos = pos + 1 if pos + 1 < size else 0
-        self._pos, self.outliers = pos, window_outliers
-        changed.discard(self.reference.bins)  # the count of empty slots
+        self._pos, self._filled, self.outliers = pos, filled, window_outliers
         return Added(list(binned.items()), total, outliers, [(b, counts[b]) for b in changed])
 
     def _add_many(self, scores: F32) -> Added:
-        nbins, size = self.reference.bins, self.size
-        b = np.searchsorted(self._bounds_array, scores, side="left")
-        flags = scores > self._threshold
-        per_bin = np.bincount(b, minlength=nbins).tolist()
-        binned = [(i, c) for i, c in enumerate(per_bin) if c]
-        outliers = int(np.count_nonzero(flags))
+        size, n, pos = self.size, len(scores), self._pos
+        added, outliers = self._bin_counts(scores)
+        binned = [(i, c) for i, c in enumerate(added) if c]
         total = float(scores.sum(dtype=np.float64))
-        if len(scores) >= size:  # only the last `size` stay: they fill the window
-            b, flags, scores = b[-size:], flags[-size:], scores[-size:]
-            per_bin = np.bincount(b, minlength=nbins).tolist()
-            self._pos = 0
-        new_bins, new_flags = b.tolist(), flags.tolist()
-        window_outliers = self.outliers + sum(new_flags)
-        removed = [0] * (nbins + 1)
         now = time.time()
-        # Write in at most two runs of slots (the ring wraps once at most).
-        first = min(len(new_bins), size - self._pos)
-        for start, offset, n in ((self._pos, 0, first), (0, first, len(new_bins) - first)):
-            if n <= 0:
-                continue
-            slots, part = slice(start, start + n), slice(offset, offset + n)
-            for old in self._slot_bins[slots]:
-                removed[old] += 1
-            window_outliers -= sum(self._slot_outlier[slots])
-            self._slot_bins[slots] = new_bins[part]
-            self._slot_outlier[slots] = new_flags[part]
-            self._slot_scores[slots] = scores[part]
-            self._slot_times[slots] = now
-        self._pos = (self._pos + len(new_bins)) % size
-        self.outliers = window_outliers
-        changed = []
-        for i in range(nbins + 1):
-            delta = (per_bin[i] if i < nbins else 0) - removed[i]
-            if delta:
-                self._counts[i] += delta
-                if i < nbins:
-                    changed.append((i, self._counts[i]))
+        if n >= size:  # only the last `size` stay: they are the whole window
+            self._scores[:] = scores[-size:]
+            self._times[:] = now
+            new_counts, self.outliers = self._bin_counts(self._scores)
+            self._pos, self._filled = 0, size
+        else:
+            # The slots written: one run from `pos`, and a second from 0 when the ring wraps.
+            # The scores leaving are all of them once the window is full; while it fills, the
+            # slots from `pos` on are empty and a wrapped run holds its oldest scores.
+            first = min(n, size - pos)
+            ring = self._scores
+            if self._filled == size:
+                leaving = (
+                    ring[pos : pos + n]
+                    if first == n
+                    else np.concatenate((ring[pos:], ring[: n - first]))
+                )
+            else:
+                leaving = ring[: n - first]
+            removed, removed_outliers = self._bin_counts(leaving)
+            ring[pos : pos + first] = scores[:first]
+            self._times[pos : pos + first] = now
+            if first < n:
+                ring[: n - first] = scores[first:]
+                self._times[: n - first] = now
+            self._pos = (pos + n) % size
+            self._filled = min(size, self._filled + n)
+            self.outliers += outliers - removed_outliers
+            new_counts = [c + a - r for c, a, r in zip(self._counts, added, removed, strict=True)]
+        was = self._counts
+        changed = [(i, c) for i, c in enumerate(new_counts) if c != was[i]]
+        self._counts = new_counts
         return Added(binned, total, outliers, changed)
+
+    def _bin_counts(self, values: F32) -> tuple[list[int], int]:
+        """Scores per bin, and how many are above the threshold: read off the bins when the
+        threshold is one of their edges (as at a calibrated percentile), else compared."""
+        counts: list[int] = np.bincount(
+            np.searchsorted(self._bounds_array, values), minlength=self.reference.bins
+        ).tolist()
+        if self._threshold_bin is not None:
+            return counts, sum(counts[self._threshold_bin + 1 :])
+        return counts, int(np.count_nonzero(values > self._threshold))
 
 
 class ScoreObserver(Protocol):
