@@ -7,6 +7,10 @@ load during a step hits both alike; the ratio of a step is the median over round
 A's throughput over B's. Two runs of `python -m bench` minutes apart on this 2-core machine
 differ by about 10%, more than the costs this is meant to show.
 
+Throughput still moves with whatever else the machine runs. The server's own CPU time per
+request (user + system, all threads, read from /proc) moves much less, since time spent waiting
+for a core is not counted: on a busy machine, compare the CPU ratio.
+
     python -m bench.ab --env-b LATENTSERVE_MONITORING=false \\
         --workloads anomaly-vae-n1-json,anomaly-vae-n64-npy --concurrency 1,64 --rounds 6
 """
@@ -16,9 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import re
 import statistics
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +60,13 @@ async def _measure(
     for p in prepared:
         for c in args.concurrency:
             runs: dict[str, list[StepResult]] = {"A": [], "B": []}
+            cpu = {"A": 0.0, "B": 0.0}
+            answered = {"A": 0.0, "B": 0.0}  # requests served, warm-ups included, like the CPU
             for i in range(args.rounds):
                 order = ("A", "B") if i % 2 == 0 else ("B", "A")
                 for side in order:
+                    cpu_before = cpu_seconds(servers[side])
+                    served_before = served(servers[side], p.request.path)
                     r = await run_step(
                         servers[side].url,
                         p.request,
@@ -66,6 +77,8 @@ async def _measure(
                         p.name,
                         p.workload.n,
                     )
+                    cpu[side] += cpu_seconds(servers[side]) - cpu_before
+                    answered[side] += served(servers[side], p.request.path) - served_before
                     runs[side].append(r)
             ratios = [a.rps / b.rps for a, b in zip(runs["A"], runs["B"], strict=True) if b.rps]
             step = {
@@ -79,29 +92,51 @@ async def _measure(
                 "ratio_median": statistics.median(ratios),
                 "ratio_min": min(ratios),
                 "ratio_max": max(ratios),
+                "a_cpu_ms": 1000 * cpu["A"] / max(1.0, answered["A"]),
+                "b_cpu_ms": 1000 * cpu["B"] / max(1.0, answered["B"]),
             }
+            step["cpu_ratio"] = step["a_cpu_ms"] / step["b_cpu_ms"] if step["b_cpu_ms"] else 0
             print(
                 f"{p.name:<22} c={c:<4} A {statistics.median(step['a_rps']):9.1f} req/s  "
                 f"B {statistics.median(step['b_rps']):9.1f} req/s  A/B {step['ratio_median']:.3f} "
-                f"(rounds {step['ratio_min']:.3f}-{step['ratio_max']:.3f})",
+                f"(rounds {step['ratio_min']:.3f}-{step['ratio_max']:.3f})  CPU/request "
+                f"A {step['a_cpu_ms']:.3f} ms B {step['b_cpu_ms']:.3f} ms "
+                f"A/B {step['cpu_ratio']:.3f}",
                 flush=True,
             )
             steps.append(step)
     return steps
 
 
+def cpu_seconds(server: Server) -> float:
+    """User + system CPU time of the server process so far (all its threads)."""
+    assert server.proc is not None
+    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def served(server: Server, path: str) -> float:
+    """Requests the server has answered on `path` (its own counter in /metrics); each call
+    costs the server one scrape, on both sides alike."""
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    route = path.split("?", 1)[0]  # .npy requests carry their fields in the query string
+    pattern = rf'^latentserve_requests_total\{{endpoint="{re.escape(route)}",[^}}]*\}} (\S+)$'
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+
 def markdown(steps: list[dict[str, Any]]) -> str:
     lines = [
-        "| workload | c | A req/s (median) | B req/s (median) | A/B (median of rounds) | "
-        "rounds' range | p50 A / B (ms) |",
+        "| workload | c | A req/s | B req/s | A/B throughput (median of rounds; range) | "
+        "A / B server CPU per request | A/B CPU |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in steps:
         lines.append(
             f"| {s['workload']} | {s['concurrency']} | {statistics.median(s['a_rps']):,.0f} | "
-            f"{statistics.median(s['b_rps']):,.0f} | {s['ratio_median']:.3f} | "
-            f"{s['ratio_min']:.3f} - {s['ratio_max']:.3f} | "
-            f"{s['a_p50_ms']:.2f} / {s['b_p50_ms']:.2f} |"
+            f"{statistics.median(s['b_rps']):,.0f} | {s['ratio_median']:.3f} "
+            f"({s['ratio_min']:.2f} - {s['ratio_max']:.2f}) | "
+            f"{s['a_cpu_ms']:.3f} / {s['b_cpu_ms']:.3f} ms | {s['cpu_ratio']:.3f} |"
         )
     return "\n".join(lines)
 
