@@ -301,7 +301,7 @@ class ScoreWindow:
         """Scores per bin, and how many are above the threshold: read off the bins when the
         threshold is one of their edges (as at a calibrated percentile), else compared."""
         counts: list[int] = np.bincount(
-            np.searchsorted(self._bounds_array, values), minlength=self.reference.bins
+            self._bounds_array.searchsorted(values), minlength=self.reference.bins
         ).tolist()
         if self._threshold_bin is not None:
             return counts, sum(counts[self._threshold_bin + 1 :])
