@@ -65,8 +65,9 @@ async def _measure(
             for i in range(args.rounds):
                 order = ("A", "B") if i % 2 == 0 else ("B", "A")
                 for side in order:
-                    cpu_before = cpu_seconds(servers[side])
+                    # the scrape first: its own CPU time stays out of the run's
                     served_before = served(servers[side], p.request.path)
+                    cpu_before = cpu_seconds(servers[side])
                     r = await run_step(
                         servers[side].url,
                         p.request,
