@@ -374,6 +374,23 @@ async def test_a_reload_that_changes_nothing_keeps_the_window_and_a_new_version_
         assert (await monitoring(c))["reconstruction"]["scores"] == 10
 
 
+async def test_scores_of_a_request_that_began_before_a_reload_stay_out_of_the_new_window(
+    app_with: Any, model_copy: Path, digits_test: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, _ = digits_test
+    async with app_with(model_repository=model_copy) as c:
+        old = c.app.state.repository.get("digits-vae")  # type: ignore[attr-defined]
+        folder = model_copy / "digits-vae"
+        Manifest.load(folder).model_copy(update={"version": "2"}).save(folder)
+        assert (await c.post("/models/digits-vae/reload")).status_code == 200
+        await score(c, x[:5])
+        started = (await monitoring(c))["reconstruction"]["started"]
+        monitor = c.app.state.data_plane.monitor  # type: ignore[attr-defined]
+        monitor.record(old, ScoreMethod.RECONSTRUCTION, np.full(3, 0.01, np.float32), 16)
+        now = (await monitoring(c))["reconstruction"]
+        assert now["scores"] == 5 and now["started"] == started
+
+
 async def test_a_recalibration_resets_the_window_and_keeps_the_old_buckets_counts(
     app_with: Any, model_copy: Path, digits_test: tuple[np.ndarray, np.ndarray]
 ) -> None:

@@ -170,6 +170,8 @@ class ScoreWindow:
         self.size = size
         self.manifest: object = None
         """The manifest object this window was last found current for (set by the monitor)."""
+        self.loaded_at = 0.0
+        """When that model version was loaded: scores of an older one are not added."""
         self.started = time.time()
         self._bounds = list(reference.bounds)
         self._bounds_array = np.asarray(reference.bounds, dtype=np.float64)
@@ -377,6 +379,8 @@ class ScoreMonitor:
             return
         window = self._windows.get((model.name, method))
         if window is None or window.manifest is not model.manifest:
+            if window is not None and model.loaded_at < window.loaded_at:
+                return  # a request that began before a reload: its version no longer serves
             window = self._follow(model, method)
             if window is None:
                 return
@@ -427,12 +431,12 @@ class ScoreMonitor:
                 self._drop(key, old)
             return None
         if old is not None and old.reference.fingerprint == reference.fingerprint:
-            old.manifest = model.manifest
+            old.manifest, old.loaded_at = model.manifest, model.loaded_at
             return old
         if old is not None:
             self._drop(key, old)
         window = ScoreWindow(model.name, reference, self.window)
-        window.manifest = model.manifest
+        window.manifest, window.loaded_at = model.manifest, model.loaded_at
         self._windows[key] = window
         if self._observer is not None:
             self._observer.window_started(window)
