@@ -283,6 +283,20 @@ async def test_a_fifth_of_noise_among_digits_shows_in_rate_and_drift(
     assert m["drift"]["drifted"] and m["bins"][-1]["observed"] > 0.18
 
 
+async def test_inputs_easier_than_the_calibration_data_drift_without_outliers(
+    client: AppClient, digits_test: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """The model's own reconstructions reconstruct almost perfectly: no outlier, yet the scores
+    have left the calibration distribution, which the drift index sees and the rate cannot."""
+    x, _ = digits_test
+    r = await client.post("/reconstruct", json={"inputs": x.tolist()})
+    await score(client, np.array(r.json()["outputs"], dtype=np.float32))
+    m = (await monitoring(client))["reconstruction"]
+    assert m["outliers"] == 0 and m["outlier_rate"] == 0.0
+    assert m["drift"]["drifted"] and m["drift"]["value"] > 5
+    assert m["bins"][0]["observed"] > 0.9  # below the calibration's 1st percentile
+
+
 async def test_a_request_threshold_changes_its_flags_not_the_outlier_count(
     client: AppClient, digits_test: tuple[np.ndarray, np.ndarray]
 ) -> None:
