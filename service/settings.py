@@ -82,6 +82,20 @@ class Settings(BaseSettings):
     to; bounds the memory a single request can take (2**25 float32 = 128 MiB per array)."""
     max_interpolation_steps: int = Field(default=256, ge=2)
 
+    # -- monitoring ----------------------------------------------------------------------------
+    monitoring: bool = True
+    """Watch what the anomaly scores say: per model and calibrated score method, a histogram at
+    the calibration quantiles, an outlier counter and, over a sliding window, the outlier rate
+    and drift (PSI) in /metrics and GET /models/{name}/monitoring (README: Monitoring). False:
+    none of it, and nothing added to /anomaly-score's work."""
+    monitor_window: int = Field(default=1000, ge=10, le=1_000_000)
+    """Recent scores kept per model and score method, in each worker process: the window the
+    outlier rate and drift describe. Larger windows react slower and read less noise."""
+    monitor_min_scores: int = Field(default=300, ge=1)
+    """Scores a window needs before drift is reported: with n in-distribution scores the PSI
+    still reads about 9/n from sampling noise (0.03 at 300), plus about 9/(calibration n)
+    from the calibration's own (0.05 for digits-vae's 180)."""
+
     shutdown_drain_s: float = Field(default=1.0, ge=0)
     """After SIGTERM, keep serving this long with `Connection: close` on every response and
     /readyz not ready, so clients drop kept-alive connections and load balancers stop sending
@@ -144,6 +158,15 @@ class Settings(BaseSettings):
     replicas on one node do not fight over them."""
     ray_replica_gpus: float = Field(default=0.0, ge=0)
     """GPUs Ray reserves per replica (fractions share one GPU); set with `providers=cuda,...`."""
+
+    @model_validator(mode="after")
+    def _window_holds_min_scores(self) -> Settings:
+        if self.monitor_min_scores > self.monitor_window:
+            raise ValueError(
+                f"monitor_min_scores ({self.monitor_min_scores}) must not exceed monitor_window "
+                f"({self.monitor_window}): drift would never be reported"
+            )
+        return self
 
     @field_validator("providers", "enabled_models", mode="before")
     @classmethod

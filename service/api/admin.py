@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from datetime import UTC, datetime
+
 from fastapi import APIRouter, Depends, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
+from service.api import schemas
 from service.api.deps import MetricsDep, RepositoryDep, data_plane, require_api_key
 from service.api.schemas import (
     ErrorBody,
@@ -13,15 +17,18 @@ from service.api.schemas import (
     Health,
     ModelInfo,
     ModelList,
+    ModelMonitoring,
     PartInfo,
     QueueInfo,
     Readiness,
     ReloadFailed,
     ReloadOutcome,
     ReloadReport,
+    ScoreBin,
 )
 from service.errors import ModelNotFound
 from service.runtime.model import GenerativeModel
+from service.runtime.monitoring import MethodMonitoring
 from service.runtime.peers import RESCAN, ReloadSignals
 from service.runtime.repository import LoadFailure, ModelRepository
 
@@ -96,6 +103,56 @@ async def get_model(name: str, repo: RepositoryDep) -> ModelInfo:
     if name in repo.failures:
         return describe_failure(repo.failures[name])
     raise ModelNotFound(f"no model named {name!r}", field="name")
+
+
+@models_router.get(
+    "/models/{name}/monitoring",
+    response_model=ModelMonitoring,
+    summary="Outlier rate and drift of the model's recent anomaly scores",
+    responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+)
+async def model_monitoring(name: str, request: Request) -> ModelMonitoring:
+    """Per calibrated score method, the recent window of `/anomaly-score` scores against the
+    calibration: the outlier rate beside the expected one, and the drift index (PSI) with its
+    threshold. The figures are this process's (see `process_id`); README: Monitoring."""
+    settings = request.app.state.settings
+    model, methods = data_plane(request).monitoring(name)
+    return ModelMonitoring(
+        model=model.name,
+        version=model.version,
+        enabled=methods is not None,
+        process_id=os.getpid(),
+        min_scores=settings.monitor_min_scores,
+        methods=[_method_info(m) for m in methods or []],
+    )
+
+
+def _time(t: float | None) -> datetime | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC)
+
+
+def _method_info(m: MethodMonitoring) -> schemas.MethodMonitoring:
+    return schemas.MethodMonitoring(
+        method=m.method.value,
+        window_size=m.window_size,
+        scores=m.scores,
+        outliers=m.outliers,
+        outlier_rate=m.outlier_rate,
+        expected_rate=m.expected_rate,
+        threshold=m.threshold,
+        drift=schemas.DriftInfo(
+            statistic="psi",
+            value=m.drift.value,
+            threshold=m.drift.threshold,
+            drifted=m.drift.drifted,
+        ),
+        started=datetime.fromtimestamp(m.started, UTC),
+        since=_time(m.since),
+        last=_time(m.last),
+        scored=m.scored,
+        quantiles=m.quantiles,
+        bins=[ScoreBin(**vars(b)) for b in m.bins],
+    )
 
 
 @models_router.post(

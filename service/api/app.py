@@ -28,6 +28,7 @@ from service.oip.rest import probes as oip_probes
 from service.oip.rest import router as oip_router
 from service.runtime.batching import BatchingConfig
 from service.runtime.dataplane import DataPlane, RequestLimits, choose_default_model
+from service.runtime.monitoring import ScoreMonitor
 from service.runtime.peers import ReloadSignals
 from service.runtime.repository import ModelRepository
 from service.runtime.sessions import SessionConfig
@@ -131,8 +132,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     if warning:
         log.warning("%s; set LATENTSERVE_DEFAULT_MODEL to choose one", warning)
-    app.state.data_plane = DataPlane(repo, request_limits(settings), default_model)
     metrics: Metrics = app.state.metrics
+    monitor = None
+    if settings.monitoring:
+        monitor = ScoreMonitor(settings.monitor_window, settings.monitor_min_scores, metrics)
+        metrics.watch(monitor)
+    app.state.data_plane = DataPlane(repo, request_limits(settings), default_model, monitor)
     metrics.observe_repository(repo)
     follower: asyncio.Task[None] | None = None
     app.state.reload_signals = None

@@ -3,6 +3,7 @@ their shapes are checked against the model's manifest (see GET /models/{name})."
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -375,6 +376,112 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail = Field(description="The error.")
+
+
+class ScoreBin(BaseModel):
+    bin: str = Field(
+        description="The calibration probabilities the bin spans: the scores between those two "
+        "calibration quantiles.",
+        examples=["0.95-0.99"],
+    )
+    upper_score: float | None = Field(
+        description="The bin's upper edge in score units, a calibration quantile (null: the "
+        "last bin, open above).",
+        examples=[0.0544],
+    )
+    expected: float = Field(description="Share of normal data expected in it.", examples=[0.04])
+    observed: float | None = Field(
+        description="Share of the window's scores in it (null: the window is empty).",
+        examples=[0.042],
+    )
+
+
+class DriftInfo(BaseModel):
+    statistic: Literal["psi"] = Field(
+        description="psi: population stability index of the window's shares per calibration "
+        "bin against the shares expected from the calibration quantiles.",
+        examples=["psi"],
+    )
+    value: float | None = Field(
+        description="The index (null until the window holds `min_scores` scores). About "
+        "9/n from sampling noise alone; below 0.1: no shift, 0.1-0.2: moderate, above 0.2: drift.",
+        examples=[0.031],
+    )
+    threshold: float = Field(
+        description="Values above it count as drift (the alert rules use the same figure).",
+        examples=[0.2],
+    )
+    drifted: bool = Field(description="value > threshold.", examples=[False])
+
+
+class MethodMonitoring(BaseModel):
+    method: str = Field(description="Score method (one with a calibration).", examples=["elbo"])
+    window_size: int = Field(
+        description="Most scores the window holds (LATENTSERVE_MONITOR_WINDOW).", examples=[1000]
+    )
+    scores: int = Field(description="Scores in the window now.", examples=[1000])
+    outliers: int = Field(
+        description="Of those, scores above the calibrated threshold (whatever threshold the "
+        "requests gave).",
+        examples=[11],
+    )
+    outlier_rate: float | None = Field(
+        description="outliers / scores (null: no score yet).", examples=[0.011]
+    )
+    expected_rate: float = Field(
+        description="Share of normal data above the calibrated threshold: 1 - percentile/100.",
+        examples=[0.01],
+    )
+    threshold: float = Field(description="The calibrated threshold.", examples=[29.92])
+    drift: DriftInfo = Field(description="The window's distribution against the calibration.")
+    started: datetime = Field(
+        description="When this window began: the server's start, or the reload that replaced "
+        "the model's version, files or calibration.",
+        examples=["2025-01-01T12:00:00Z"],
+    )
+    since: datetime | None = Field(
+        description="Arrival of the oldest score in the window (null: empty).",
+        examples=["2025-01-01T12:00:00Z"],
+    )
+    last: datetime | None = Field(
+        description="Arrival of the newest score (null: empty).",
+        examples=["2025-01-01T12:05:00Z"],
+    )
+    scored: int = Field(
+        description="Scores added since `started`, including those the window no longer holds.",
+        examples=[52000],
+    )
+    quantiles: dict[str, float] = Field(
+        description="The window's score quantiles at the calibration's probabilities, to set "
+        "beside the manifest's calibration quantiles (empty: no score yet).",
+        examples=[{"0.5": 23.9, "0.99": 30.4}],
+    )
+    bins: list[ScoreBin] = Field(
+        description="Expected and observed share of every calibration bin: where the "
+        "distribution moved."
+    )
+
+
+class ModelMonitoring(BaseModel):
+    model: str = Field(description="Model name.", examples=["digits-vae"])
+    version: str = Field(description="Version serving.", examples=["1"])
+    enabled: bool = Field(
+        description="false: LATENTSERVE_MONITORING is off, nothing is recorded.", examples=[True]
+    )
+    process_id: int = Field(
+        description="The process that answered. The windows are per process: under `serve "
+        "--workers N` each worker keeps its own and this answer covers the requests this "
+        "worker served; /metrics pools the windows of all workers.",
+        examples=[4242],
+    )
+    min_scores: int = Field(
+        description="Scores a window needs before drift is reported "
+        "(LATENTSERVE_MONITOR_MIN_SCORES).",
+        examples=[300],
+    )
+    methods: list[MethodMonitoring] = Field(
+        description="One entry per calibrated score method (uncalibrated ones are not monitored)."
+    )
 
 
 class ReloadOutcome(BaseModel):

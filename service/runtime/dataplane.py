@@ -11,6 +11,8 @@ may contain is decided here and in the modules it calls:
 - raw tensor-in, tensor-out runs of one ONNX part (`infer_part`, for protocols that address
   graphs directly, like the Open Inference Protocol): names, dtypes and shapes against the
   manifest's `TensorSpec`s, through the same batcher as the operations
+- what the anomaly scores say over time (outlier rate, drift): `service.runtime.monitoring`,
+  fed here so that every front door's scores reach the same monitor
 
 Arguments arrive as the front door decoded them (nested lists, arrays, image bytes), so every
 front door gets the same conversion and the same errors, each naming the field at fault.
@@ -38,7 +40,9 @@ from service.manifest import PartRole, TensorSpec
 from service.runtime.batching import request_deadline
 from service.runtime.contract import F32, Labels
 from service.runtime.model import LABEL_INPUT, GenerativeModel, InterpolationMode
+from service.runtime.monitoring import MethodMonitoring, ScoreMonitor
 from service.runtime.repository import ModelRepository
+from service.runtime.scoring import DEFAULT_K
 
 T = TypeVar("T")
 MAX_TEMPERATURE = 10.0
@@ -147,10 +151,12 @@ class DataPlane:
         repository: ModelRepository,
         limits: RequestLimits | None = None,
         default_model: str | None = None,
+        monitor: ScoreMonitor | None = None,
     ) -> None:
         self.repository = repository
         self.limits = limits or RequestLimits()
         self.default_model = default_model
+        self.monitor = monitor
 
     # -- models --------------------------------------------------------------------------------
     def model(self, name: str | None, field: str = "model") -> GenerativeModel:
@@ -162,7 +168,7 @@ class DataPlane:
         elif not name:
             raise InvalidInput("must name a model, or be left out for the default", field=field)
         model_var.set(name)  # every log record of this request names the model
-        return self.repository.get(name)
+        return self.repository.get(name, field)
 
     # -- operations ----------------------------------------------------------------------------
     async def sample(
@@ -292,7 +298,7 @@ class DataPlane:
         examples: Examples,
         *,
         method: str = ScoreMethod.RECONSTRUCTION,
-        k: int = 16,
+        k: int = DEFAULT_K,
         seed: int = 0,
         labels: Any = None,
         per_pixel: bool = False,
@@ -332,6 +338,8 @@ class DataPlane:
             threshold = None if calibration is None else calibration.threshold
             source = "none" if calibration is None else "calibration"
         flags = None if threshold is None else raw.scores > threshold
+        if self.monitor is not None:
+            self.monitor.record(m, score_method, raw.scores, k)
         return Scored(m, score_method, raw.scores, threshold, source, flags, raw.per_pixel)
 
     async def infer_part(
@@ -394,6 +402,11 @@ class DataPlane:
         results = await self._bounded(timeout_s, lambda: part.run(feeds))
         by_name = dict(zip(returned, results, strict=True))
         return PartOutputs(m, part.role, {name: by_name[name] for name in wanted})
+
+    def monitoring(self, model: str) -> tuple[GenerativeModel, list[MethodMonitoring] | None]:
+        """The named model and its score windows in this process (None: monitoring is off)."""
+        m = self.model(model, field="name")
+        return m, None if self.monitor is None else self.monitor.report(m)
 
     # -- request checks ------------------------------------------------------------------------
     def _admit(

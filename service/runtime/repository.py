@@ -78,14 +78,14 @@ class ModelRepository:
     def failures(self) -> dict[str, LoadFailure]:
         return dict(self._failures)
 
-    def get(self, name: str) -> GenerativeModel:
+    def get(self, name: str, field: str = "model") -> GenerativeModel:
         model = self._models.get(name)
         if model is not None:
             return model
         if name in self._failures:
             raise ModelUnavailable(f"model {name!r} failed to load: {self._failures[name].error}")
         known = ", ".join(sorted(self._models)) or "none"
-        raise ModelNotFound(f"no model named {name!r}; loaded models: {known}", field="model")
+        raise ModelNotFound(f"no model named {name!r}; loaded models: {known}", field=field)
 
     @property
     def ready(self) -> bool:

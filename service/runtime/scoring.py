@@ -12,6 +12,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 F32 = NDArray[np.float32]
+DEFAULT_K = 16
+"""Samples per input for elbo and iwae when a request gives none; the calibrations in the bundled
+manifests are made at it too, so monitoring counts sampled scores at this k only."""
 _EPS = 1e-7
 _LOG_2PI = math.log(2.0 * math.pi)
 
