@@ -159,14 +159,7 @@ def write_docs(path: Path, document: dict[str, Any], results: list[OverloadResul
             DOC_END,
         ]
     )
-    text = path.read_text()
-    if DOC_START in text and DOC_END in text:
-        before, rest = text.split(DOC_START, 1)
-        _, after = rest.split(DOC_END, 1)
-        text = before + block + after
-    else:
-        text = text.rstrip() + "\n\n## Overload\n\n" + block + "\n"
-    path.write_text(text)
+    report.replace_marked(path, DOC_START, DOC_END, block, heading="## Overload\n\n")
 
 
 def main(argv: list[str] | None = None) -> int:

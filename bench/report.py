@@ -297,14 +297,19 @@ def write_docs(
         rel = os.path.relpath(plot, path.parent)
         lines += [f"![throughput and p99 against concurrency]({rel})", ""]
     lines += ["### All steps", "", table(results, markdown=True), "", end]
-    block = "\n".join(lines)
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n" + start + end + "\n"
+    replace_marked(path, start, end, "\n".join(lines))
+
+
+def replace_marked(path: Path, start: str, end: str, block: str, heading: str = "") -> None:
+    """Put `block` (which begins with `start` and ends with `end`) between those markers in
+    `path`, keeping the prose around them; append it (under `heading`) where they are missing."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
     if start in text and end in text:
         before, rest = text.split(start, 1)
         _, after = rest.split(end, 1)
         text = before + block + after
     else:
-        text = text.rstrip() + "\n\n" + block + "\n"
+        text = text.rstrip() + "\n\n" + heading + block + "\n"
     path.write_text(text)
 
 
