@@ -122,11 +122,13 @@ def test_grafana_provisions_the_datasource_the_dashboard_uses(compose: dict[str,
         "datasources"
     ]
     assert (source["uid"], source["url"]) == ("prometheus", "http://prometheus:9090")
-    (provider,) = yaml.safe_load((GRAFANA / "provisioning/dashboards/latentserve.yml").read_text())[
-        "providers"
-    ]
+    provider, monitoring = yaml.safe_load(
+        (GRAFANA / "provisioning/dashboards/latentserve.yml").read_text()
+    )["providers"]
     mounts = dict(v.split(":")[:2] for v in compose["services"]["grafana"]["volumes"])
     assert mounts["./deploy/compose/grafana/dashboards"] == provider["options"]["path"]
+    outliers = mounts["./deploy/monitoring/grafana-outliers.json"]  # the score monitoring's
+    assert outliers.rsplit("/", 1)[0] == monitoring["options"]["path"]
     for panel in _dashboard()["panels"]:
         assert panel["datasource"]["uid"] == source["uid"]
         assert all(t["datasource"]["uid"] == source["uid"] for t in panel["targets"])
@@ -157,3 +159,9 @@ async def test_every_dashboard_query_names_a_metric_the_app_exports(client: AppC
     }
     assert len(queried) >= 9
     assert queried - exported == set()
+
+
+def test_prometheus_loads_the_alert_rules(compose: dict[str, Any]) -> None:
+    config = yaml.safe_load((ROOT / "deploy/compose/prometheus.yml").read_text())
+    mounts = dict(v.split(":")[:2] for v in compose["services"]["prometheus"]["volumes"])
+    assert config["rule_files"] == [mounts["./deploy/monitoring/latentserve-alerts.yml"]]
