@@ -206,7 +206,9 @@ def test_ray_advertises_and_talks_to_loopback_only(ray_app: RayApp) -> None:
     listening, peers = [], []
     for proc in psutil.Process().children(recursive=True):
         title = " ".join(proc.cmdline())[:50].strip()
-        for c in proc.net_connections(kind="inet"):
+        # psutil 6 renamed connections() (kserve, in the same venv, keeps psutil 5)
+        connections = getattr(proc, "net_connections", None) or proc.connections
+        for c in connections(kind="inet"):
             if c.status == psutil.CONN_LISTEN:
                 listening.append((c.laddr.ip, title))
             elif c.raddr:
