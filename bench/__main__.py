@@ -29,7 +29,7 @@ from bench.workloads import (
     WORKLOAD_GROUPS,
     Prepared,
     Workload,
-    prepare,
+    prepare_or_report,
 )
 
 DEFAULT_CONCURRENCY = (1, 4, 16, 64, 256)
@@ -182,11 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     load_start = report.machine_info()["load_average"]
     workloads = select_workloads(args.workloads)
     models = {"vae": args.vae_model, "gan": args.gan_model}
-    prepared, skipped = prepare(workloads, models, args.models)
-    for reason in skipped:
-        print(f"skipping workload {reason}", file=sys.stderr)
+    prepared, skipped = prepare_or_report(workloads, models, args.models)
     if not prepared:
-        print("no workload has its model; nothing to measure", file=sys.stderr)
         return 2
     used_models = sorted({p.model for p in prepared})
     extra_env = dict(kv.split("=", 1) for kv in args.server_env)

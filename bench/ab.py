@@ -32,7 +32,7 @@ from typing import Any
 from bench import report
 from bench.loadgen import StepResult, run_step
 from bench.servers import ROOT, Server, make_server
-from bench.workloads import DEFAULT_WORKLOADS, Prepared, prepare
+from bench.workloads import DEFAULT_WORKLOADS, Prepared, prepare_or_report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -147,11 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(args.workloads.split(","))
     workloads = tuple(w for w in DEFAULT_WORKLOADS if w.name in wanted)
     models = {"vae": args.vae_model, "gan": args.gan_model}
-    prepared, skipped = prepare(workloads, models, args.models)
-    for reason in skipped:
-        print(f"skipping workload {reason}", file=sys.stderr)
+    prepared, skipped = prepare_or_report(workloads, models, args.models)
     if not prepared:
-        print("no workload has its model; nothing to measure", file=sys.stderr)
         return 2
     used = sorted({p.model for p in prepared})
     t0, load_start = time.perf_counter(), report.machine_info()["load_average"]

@@ -13,6 +13,7 @@ comparison docs/benchmarks.md records; the default sweep leaves them out.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -183,4 +184,16 @@ def prepare(
         elif w.route == "decode":
             x = example_latents(manifest, w.n)
         prepared.append(Prepared(w, model, manifest, x, build_request(w, model, x, manifest)))
+    return prepared, skipped
+
+
+def prepare_or_report(
+    workloads: tuple[Workload, ...], models: dict[str, str], repository: Path
+) -> tuple[list[Prepared], list[str]]:
+    """`prepare`, telling stderr which workloads were skipped and when none is left to run."""
+    prepared, skipped = prepare(workloads, models, repository)
+    for reason in skipped:
+        print(f"skipping workload {reason}", file=sys.stderr)
+    if not prepared:
+        print("no workload has its model; nothing to measure", file=sys.stderr)
     return prepared, skipped
