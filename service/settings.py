@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     max_delay_ms: float = Field(default=0.0, ge=0)
     """How long the first request of a batch may wait for others. 0: none; batches still grow
     under load because requests queue while the previous batch runs (docs/benchmarks.md)."""
+    inline_max_ms: float = Field(default=1.0, ge=0)
+    """A call that finds its model part idle, and is the first to do so in this turn of the
+    event loop, runs on the event loop's thread when its measured run time is at most this:
+    no thread hand-off for a lone small request (-0.3 ms at concurrency 1 on a one-row
+    /decode, docs/benchmarks.md#hot-path). Concurrent calls still queue and batch. 0, or a
+    `max_delay_ms` above 0: never."""
     max_concurrent_batches: int = Field(default=2, ge=1)
     """Batches of one session that may run at once (Triton's instance count): 2 lets a second
     core compute while the first batch's results are serialised."""

@@ -234,3 +234,79 @@ async def test_sustained_rate_replaces_an_optimistic_estimate(executor) -> None:
     assert b.rows_per_second is not None and 100 < b.rows_per_second < 250
     await asyncio.gather(*calls[30:])
     await b.close()
+
+
+class ThreadRecorder(Recorder):
+    """Also records which thread ran each batch."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__(delay)
+        self.threads: list[str] = []
+
+    def __call__(self, feeds: Feeds) -> Outputs:
+        self.threads.append(threading.current_thread().name)
+        return super().__call__(feeds)
+
+
+def _inline_batcher(run: Recorder, executor, **cfg: float) -> Batcher:
+    config = BatchingConfig(**{"max_batch_size": 64, "inline_max_s": 0.05, **cfg})  # type: ignore[arg-type]
+    b = Batcher("m/p", run, executor, config)
+    b.observe_rate(1, 0.001)  # measured: one row takes 1 ms
+    return b
+
+
+async def test_a_lone_small_call_runs_on_the_event_loop_thread(executor) -> None:
+    run = ThreadRecorder()
+    b = _inline_batcher(run, executor)
+    here = threading.current_thread().name
+    for i in range(3):  # one after another, each in a new turn (as requests from a socket)
+        (out, _) = await b.run({"x": np.full((1, 4), i, dtype=np.float32)})
+        np.testing.assert_array_equal(out, np.full((1, 4), 2 * i))
+        await asyncio.sleep(0)
+    assert run.threads == [here] * 3
+    # two calls in one turn: the second goes to a thread
+    await b.run({"x": np.zeros((1, 4), dtype=np.float32)})
+    await b.run({"x": np.zeros((1, 4), dtype=np.float32)})
+    assert run.threads[3] == here and run.threads[4] != here
+    await b.close()
+
+
+async def test_calls_arriving_together_still_batch_after_the_first(executor) -> None:
+    """Requests that arrive together are handled one after another in one turn of the event
+    loop: only the first may run inline; the others queue and merge on a thread."""
+    run = ThreadRecorder(delay=0.01)
+    b = _inline_batcher(run, executor)
+    inputs = [np.full((1, 4), i, dtype=np.float32) for i in range(16)]
+    outs = await asyncio.gather(*(b.run({"x": x}) for x in inputs))
+    for x, (doubled, _) in zip(inputs, outs, strict=True):
+        np.testing.assert_array_equal(doubled, x * 2)
+    here = threading.current_thread().name
+    assert run.threads[0] == here and here not in run.threads[1:]
+    assert run.batches[0] == 1 and len(run.batches) < 16 and sum(run.batches) == 16
+    await b.close()
+
+
+@pytest.mark.parametrize(
+    ("rows", "cfg"),
+    [
+        (64, {}),  # measured at 64 ms: longer than inline_max_s (50 ms)
+        (1, {"inline_max_s": 0.0}),  # off
+        (1, {"max_delay_ms": 5.0}),  # told to wait for company
+    ],
+)
+async def test_no_inline_run_when_it_would_block_or_is_not_wanted(executor, rows, cfg) -> None:
+    run = ThreadRecorder()
+    b = _inline_batcher(run, executor, **cfg)
+    await b.run({"x": np.zeros((rows, 4), dtype=np.float32)})
+    assert run.threads and threading.current_thread().name not in run.threads
+    await b.close()
+
+
+async def test_an_error_in_an_inline_run_reaches_its_caller_only(executor) -> None:
+    def fail(feeds: Feeds) -> Outputs:
+        raise RuntimeError("graph failed")
+
+    b = _inline_batcher(fail, executor)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="graph failed"):
+        await b.run({"x": np.zeros((1, 4), dtype=np.float32)})
+    await b.close()

@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from service import __version__
 from service.api import schemas
 from service.api.admin import models_router, probes_router
+from service.api.direct import DirectRoutes
 from service.api.errors import install_error_handlers
 from service.api.inference import router as inference_router
 from service.api.lifecycle import Drain
@@ -76,6 +77,7 @@ def batching_config(s: Settings) -> BatchingConfig:
         enabled=s.batching,
         max_batch_size=s.max_batch_size,
         max_delay_ms=s.max_delay_ms,
+        inline_max_s=s.inline_max_ms / 1000.0,
         max_queue_rows=s.max_queue_rows,
         max_concurrent_batches=s.max_concurrent_batches,
         max_queue_wait_s=s.max_queue_wait_ms / 1000.0,
@@ -213,6 +215,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.drain = Drain()
+    # innermost first: DirectRoutes sees requests after the request middleware (ids, limits,
+    # logs, metrics) and before FastAPI's router
+    app.add_middleware(DirectRoutes, routes=inference_router.routes, settings=settings)
     app.add_middleware(DocsGuard, settings=settings)
     app.add_middleware(
         RequestContextMiddleware,

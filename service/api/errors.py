@@ -51,32 +51,36 @@ def validation_response(errors: Sequence[Any]) -> Response:
     return error_response(422, "invalid_input", f"{field}: {message}", field)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(LatentServeError)
-    async def _service_error(request: Request, exc: LatentServeError) -> Response:
+def response_for(exc: Exception) -> Response:
+    """The error response for any exception a request raised: every front door that renders our
+    error body (FastAPI's handlers, the direct inference routes) goes through here."""
+    if isinstance(exc, LatentServeError):
         headers = None
         if isinstance(exc, Overloaded):
             headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
         if exc.status_code >= 500 and not isinstance(exc, Overloaded):
             log.error("request failed: %s", exc.message)
         return error_response(exc.status_code, exc.code, exc.message, exc.field, headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _request_validation(request: Request, exc: RequestValidationError) -> Response:
+    if isinstance(exc, RequestValidationError | ValidationError):
         return validation_response(exc.errors())
-
-    @app.exception_handler(ValidationError)
-    async def _pydantic_validation(request: Request, exc: ValidationError) -> Response:
-        return validation_response(exc.errors())
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    if isinstance(exc, StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(
             exc.status_code, code, str(exc.detail), None, dict(exc.headers) if exc.headers else None
         )
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", "internal server error; see the server log")
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "internal server error; see the server log")
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def handler(request: Request, exc: Exception) -> Response:
+        return response_for(exc)
+
+    for kind in (
+        LatentServeError,
+        RequestValidationError,
+        ValidationError,
+        StarletteHTTPException,
+        Exception,
+    ):
+        app.add_exception_handler(kind, handler)

@@ -247,6 +247,10 @@ class Metrics:
         )
         self._monitor: ScoreMonitor | None = None
         self._series: dict[int, _Series] = {}  # by id() of the window
+        # Label children of the per-request and per-batch series, looked up once: `labels()`
+        # costs more than the observation itself (keys are routes, statuses and parts: few).
+        self._request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._batch_series: dict[str, tuple[Histogram, Histogram, Histogram, Histogram]] = {}
 
     def watch(self, monitor: ScoreMonitor) -> None:
         """Export `monitor`'s windows (it reports to this object as its observer)."""
@@ -283,15 +287,35 @@ class Metrics:
         if _multiprocess():
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
+    def request_done(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        """One answered HTTP request (the request middleware calls this for every one)."""
+        key = (endpoint, method, status)
+        series = self._request_series.get(key)
+        if series is None:
+            series = self._request_series[key] = (
+                self.requests.labels(endpoint, method, str(status)),
+                self.request_seconds.labels(endpoint),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
+
     def batch_done(
         self, part: str, requests: int, rows: int, queue_s: Sequence[float], run_s: float
     ) -> None:
-        self.batch_rows.labels(part).observe(rows)
-        self.batch_requests.labels(part).observe(requests)
-        queue_hist = self.queue_seconds.labels(part)
+        series = self._batch_series.get(part)
+        if series is None:
+            series = self._batch_series[part] = (
+                self.batch_rows.labels(part),
+                self.batch_requests.labels(part),
+                self.queue_seconds.labels(part),
+                self.inference_seconds.labels(part),
+            )
+        batch_rows, batch_requests, queue_hist, inference = series
+        batch_rows.observe(rows)
+        batch_requests.observe(requests)
         for q in queue_s:
             queue_hist.observe(q)
-        self.inference_seconds.labels(part).observe(run_s)
+        inference.observe(run_s)
 
     # -- ScoreObserver -------------------------------------------------------------------------
     def window_started(self, window: ScoreWindow) -> None:

@@ -72,8 +72,7 @@ class RequestContextMiddleware:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or ("unmatched" if status == 404 else path)
             if path not in _UNMETERED:
-                self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
-                self.metrics.request_seconds.labels(endpoint).observe(elapsed)
+                self.metrics.request_done(endpoint, scope["method"], status, elapsed)
                 log.info(
                     "%s %s %d %.1fms",
                     scope["method"],
