@@ -14,11 +14,13 @@ import asyncio
 import json
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import report, wrk
+from bench.bare_server import response_sizes
 from bench.inprocess import Ceiling
 from bench.loadgen import StepResult, run_grpc_step, run_step
 from bench.servers import HTTP_SYSTEMS, ROOT, SYSTEMS, Server, make_server
@@ -31,6 +33,7 @@ from bench.workloads import (
     Workload,
     prepare_or_report,
 )
+from service.hosts import default_workers, usable_cpus
 
 DEFAULT_CONCURRENCY = (1, 4, 16, 64, 256)
 QUICK_CONCURRENCY = (1, 16)
@@ -83,19 +86,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra environment for the latentserve servers (repeatable)",
     )
     p.add_argument(
+        "--loadgen",
+        choices=("auto", "wrk", "aiohttp"),
+        default="auto",
+        help="HTTP load generator: wrk (C, little CPU per request) when installed, else the "
+        "aiohttp client (auto); gRPC steps always use grpc.aio",
+    )
+    p.add_argument(
         "--service-workers",
         type=int,
-        default=1,
-        help="processes per latentserve server (`serve --workers`)",
+        default=0,
+        help="processes per latentserve server (`serve --workers`); 0: the server's default "
+        "for this host (one per usable core on a CPU host)",
     )
     args = p.parse_args(argv)
     conc = args.concurrency or ",".join(
         map(str, QUICK_CONCURRENCY if args.quick else DEFAULT_CONCURRENCY)
     )
     args.concurrency = tuple(int(c) for c in conc.split(","))
+    if args.service_workers == 0:
+        args.service_workers = default_workers(["cpu"], usable_cpus(), gpu=False)
     args.duration = args.duration or (0.3 if args.quick else 1.0)
     args.warmup = args.warmup if args.warmup is not None else (0.1 if args.quick else 0.3)
     args.systems = tuple(s for s in args.systems.split(",") if s)
+    if args.loadgen == "auto":
+        args.loadgen = "wrk" if wrk.available() else "aiohttp"
+    elif args.loadgen == "wrk" and not wrk.available():
+        p.error("--loadgen wrk: wrk is not installed (apt-get install wrk)")
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         p.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
@@ -136,6 +153,8 @@ async def sweep(
         for system in args.systems:
             if system == "naive" and p.workload.latentserve_only:
                 continue  # the baseline has no such route
+            if system == "bare" and p.workload.encoding == "grpc":
+                continue  # HTTP only
             if system == "inprocess":
                 assert ceiling is not None
                 r = ceiling.run_step(p, c, args.warmup, args.duration, args.max_batch)
@@ -146,7 +165,8 @@ async def sweep(
                     target, p.request, c, args.warmup, args.duration, system, p.name, p.workload.n
                 )
             else:
-                r = await run_step(
+                step = wrk.run_wrk_step if args.loadgen == "wrk" else run_step
+                r = await step(
                     servers[system].url,
                     p.request,
                     c,
@@ -188,16 +208,26 @@ def main(argv: list[str] | None = None) -> int:
     used_models = sorted({p.model for p in prepared})
     extra_env = dict(kv.split("=", 1) for kv in args.server_env)
     servers: dict[str, Server] = {}
-    try:
-        for system in args.systems:
-            if system in HTTP_SYSTEMS:
-                servers[system] = make_server(
-                    system, args.models, used_models, extra_env, args.service_workers
-                ).start()
-        results = asyncio.run(sweep(args, prepared, servers))
-    finally:
-        for s in servers.values():
-            s.stop()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        sizes_file = None
+        if "bare" in args.systems:
+            sizes_file = Path(tmp) / "sizes.json"
+            sizes_file.write_text(json.dumps(response_sizes(prepared, args.models)))
+        try:
+            for system in args.systems:
+                if system in HTTP_SYSTEMS:
+                    servers[system] = make_server(
+                        system,
+                        args.models,
+                        used_models,
+                        extra_env,
+                        args.service_workers,
+                        sizes_file,
+                    ).start()
+            results = asyncio.run(sweep(args, prepared, servers))
+        finally:
+            for s in servers.values():
+                s.stop()
     startup = {k: round(s.startup_s, 3) for k, s in servers.items()}
     targets = report.check_targets(results, startup)
     machine = report.machine_info()
@@ -217,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_s": args.warmup,
             "server_env": extra_env,
             "service_workers": args.service_workers,
+            "loadgen": args.loadgen,
             "interleave_workloads": args.interleave_workloads,
             "rounds": args.rounds,
         },

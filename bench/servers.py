@@ -5,6 +5,7 @@
   Protocol's gRPC service on a second port (`grpc_port`).
 - `service-nobatch`: the same with `LATENTSERVE_BATCHING=false`.
 - `naive`: the baseline app in `bench/naive_server.py`.
+- `bare`: the HTTP limit in `bench/bare_server.py` (fixed answers of latentserve's sizes).
 
 Startup is timed from spawning the process to the first 200 from `/readyz`. The tests' live
 server (`tests/conftest.py`) is this same `Server`.
@@ -26,8 +27,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SYSTEMS = ("service", "service-nobatch", "naive", "inprocess")
-HTTP_SYSTEMS = SYSTEMS[:3]
+SYSTEMS = ("service", "service-nobatch", "naive", "bare", "inprocess")
+HTTP_SYSTEMS = SYSTEMS[:4]
 
 
 def free_port() -> int:
@@ -109,8 +110,14 @@ def make_server(
     models: list[str],
     extra_env: dict[str, str],
     workers: int = 1,
+    sizes_file: Path | None = None,
 ) -> Server:
     env = {**os.environ, **extra_env}
+    if system == "bare":
+        if sizes_file is None:
+            raise ValueError("the bare server needs the response sizes (bench.bare_server)")
+        cmd = [sys.executable, "-m", "bench.bare_server", "--sizes", str(sizes_file)]
+        return Server(system, cmd, env)
     if system == "naive":
         cmd = [sys.executable, "-m", "bench.naive_server", "--models", str(repository)]
         return Server(system, cmd, env)

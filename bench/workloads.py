@@ -91,8 +91,18 @@ OIP_WORKLOADS: tuple[Workload, ...] = (
     Workload("decode", "vae", 64, "oip-json"),
     Workload("decode", "vae", 64, "json"),
 )
-ALL_WORKLOADS = DEFAULT_WORKLOADS + OIP_WORKLOADS
-WORKLOAD_GROUPS = {"default": DEFAULT_WORKLOADS, "oip": OIP_WORKLOADS}
+HOT_PATH_WORKLOADS: tuple[Workload, ...] = (
+    Workload("decode", "vae", 1, "json"),
+    Workload("sample", "vae", 1, "json"),
+    Workload("decode", "vae", 64, "npy"),
+    Workload("sample", "vae", 64, "npy"),
+)
+ALL_WORKLOADS = tuple(dict.fromkeys(DEFAULT_WORKLOADS + OIP_WORKLOADS + HOT_PATH_WORKLOADS))
+WORKLOAD_GROUPS = {
+    "default": DEFAULT_WORKLOADS,
+    "oip": OIP_WORKLOADS,
+    "hot-path": HOT_PATH_WORKLOADS,
+}
 
 
 def example_inputs(manifest: Manifest, n: int, seed: int = 0) -> np.ndarray:

@@ -22,12 +22,14 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     models: Annotated[Path | None, typer.Option(help="Model repository folder")] = None,
     workers: Annotated[
-        int,
+        int | None,
         typer.Option(
             help="Server processes, each with its own copy of the models and its own batcher; "
-            "/metrics sums them and reloads reach all of them (README: Scaling)"
+            "/metrics sums them and reloads reach all of them (README: Scaling). Default: "
+            "LATENTSERVE_WORKERS, else one per usable CPU core (at most 8) on a CPU host and 1 "
+            "on a GPU host"
         ),
-    ] = 1,
+    ] = None,
     graceful_timeout: Annotated[
         float, typer.Option(help="Seconds to finish in-flight requests after SIGTERM")
     ] = 30.0,
@@ -47,8 +49,9 @@ def serve(
 
     import uvicorn
 
+    from service.hosts import default_workers, gpu_visible, usable_cpus
     from service.logs import configure_logging
-    from service.settings import Settings
+    from service.settings import STARTUP_FAILED_MARKER, Settings
 
     if models is not None:
         os.environ["LATENTSERVE_MODEL_REPOSITORY"] = str(models)
@@ -59,6 +62,14 @@ def serve(
     os.environ.setdefault("LATENTSERVE_GRPC_GRACE_S", str(graceful_timeout))
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
+    if workers is None:
+        workers = settings.workers or default_workers(
+            settings.providers, usable_cpus(), gpu_visible()
+        )
+    if workers < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--workers")
+    # every worker reads it: each takes its share of the cores for ONNX Runtime's threads
+    os.environ["LATENTSERVE_WORKERS"] = str(workers)
     shown_host = f"[{host}]" if ":" in host else host
     logging.getLogger("latentserve").info(
         "listening on http://%s:%d with %d worker process%s (models from %s)",
@@ -87,6 +98,9 @@ def serve(
             access_log=False,
             timeout_graceful_shutdown=int(graceful_timeout),
         )
+        if workers > 1 and (shared / STARTUP_FAILED_MARKER).exists():
+            logging.getLogger("latentserve").error("a worker process failed to start")
+            raise typer.Exit(3)  # uvicorn's own status for a startup failure
 
 
 @cli.command()

@@ -13,6 +13,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "models"
 
 
+STARTUP_FAILED_MARKER = "startup-failed"
+"""A file a worker writes into `shared_state_dir` when its startup fails (`serve` exits 3)."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LATENTSERVE_", env_file=".env", extra="ignore")
 
@@ -117,6 +121,12 @@ class Settings(BaseSettings):
     grpc_grace_s: float = Field(default=30.0, ge=0)
     """At shutdown, seconds the gRPC calls in flight get to finish before they are cancelled
     (new calls are refused at once); `latentserve serve` sets it to its `--graceful-timeout`."""
+
+    workers: int = Field(default=0, ge=0)
+    """Server processes behind the port (`serve --workers` overrides): 0 picks one per usable
+    CPU core (at most 8) on a CPU host and 1 on a GPU host (`service.hosts`). One-row requests
+    at concurrency 64 on 2 cores: 1.76x the throughput of one worker (docs/benchmarks.md#hot-path).
+    Each worker gets an equal share of the cores for ONNX Runtime's threads."""
 
     shared_state_dir: Path | None = None
     """Set by `serve --workers N` (not by hand): a directory the worker processes share for

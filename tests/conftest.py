@@ -99,6 +99,8 @@ class LiveServer(Server):
     e.g. ("--workers", "2"). Spawning, the wait for /readyz and stopping are the benchmark's."""
 
     def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+        if "--workers" not in args:  # one process unless a test asks for more (the default
+            args = ("--workers", "1", *args)  # follows the host's cores: tests/test_hosts.py)
         super().__init__(
             "latentserve",
             [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", *args],

@@ -4,6 +4,7 @@ shared and noisy, the numbers live in docs/benchmarks.md."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -51,13 +52,14 @@ def test_quick_run_measures_every_system_and_workload(repository: Path, tmp_path
             "--json", str(out),
             "--no-docs",
             "--no-plot",
+            "--loadgen", "aiohttp",  # wrk's windows are whole seconds: tests/test_bench_wrk
         ]
     )  # fmt: skip
     assert code == 0
     doc = json.loads(out.read_text())
     results = doc["results"]
     seen = {(r["workload"], r["system"], r["concurrency"]) for r in results}
-    systems = ("service", "service-nobatch", "naive", "inprocess")
+    systems = ("service", "service-nobatch", "naive", "bare", "inprocess")
     assert seen == {(w, s, c) for w in WORKLOADS for s in systems for c in (1, 8)}
     for r in results:
         assert r["errors"] == 0, r
@@ -66,7 +68,7 @@ def test_quick_run_measures_every_system_and_workload(repository: Path, tmp_path
         assert r["samples_per_s"] == pytest.approx(r["rps"] * r["n"], rel=0.01, abs=0.1)
         if r["system"] == "inprocess":  # the ceiling runs what a perfect batcher would merge
             assert r["batch"] == min(r["concurrency"] * r["n"], 256)
-    assert set(doc["startup_s"]) == {"service", "service-nobatch", "naive"}
+    assert set(doc["startup_s"]) == {"service", "service-nobatch", "naive", "bare"}
     assert all(0 < t < 60 for t in doc["startup_s"].values())
     names = [t["name"] for t in doc["targets"]]
     assert "service startup to ready" in names
@@ -194,3 +196,59 @@ async def test_naive_baseline_answers_the_same_requests(repository: Path) -> Non
         assert r.status_code == 200
         scores = r.json()["scores"]
         assert len(scores) == 2 and scores[0] == pytest.approx(scores[1]) and scores[0] > 0
+
+
+def test_the_bare_server_answers_with_the_service_sizes(repository: Path) -> None:
+    from bench.bare_server import BareApp, request_key, response_sizes
+    from bench.workloads import HOT_PATH_WORKLOADS, prepare
+
+    prepared, _ = prepare(HOT_PATH_WORKLOADS, {"vae": "digits-vae"}, repository)
+    sizes = response_sizes(prepared, repository)
+    assert len(sizes) == len(HOT_PATH_WORKLOADS)
+
+    async def ask_bare() -> None:
+        transport = httpx.ASGITransport(app=BareApp(sizes))
+        async with httpx.AsyncClient(transport=transport, base_url="http://bare") as c:
+            for p in prepared:
+                accept = p.request.headers.get("accept", "")  # none: not httpx's default
+                headers = {**p.request.headers, "accept": accept}
+                r = await c.post(p.request.path, content=p.request.content, headers=headers)
+                path, _, query = p.request.path.partition("?")
+                key = request_key(path, query, len(p.request.content), accept)
+                media, length = sizes[key]
+                assert r.status_code == 200 and len(r.content) == length
+                assert r.headers["content-type"] == media
+            assert (await c.get("/readyz")).status_code == 200
+
+    asyncio.run(ask_bare())
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_wrk_drives_the_service_and_the_http_limit(repository: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    code = main(
+        [
+            "--models", str(repository),
+            "--vae-model", "digits-vae",
+            "--workloads", "decode-vae-n1-json",
+            "--systems", "service,bare",
+            "--concurrency", "4",
+            "--duration", "1",
+            "--warmup", "0",
+            "--loadgen", "wrk",
+            "--json", str(out),
+            "--no-docs",
+            "--no-plot",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["loadgen"] == "wrk"
+    by_system = {r["system"]: r for r in doc["results"]}
+    assert set(by_system) == {"service", "bare"}
+    for r in by_system.values():
+        assert r["errors"] == 0 and r["requests"] > 10, r
+        assert 0.9 < r["duration_s"] < 2.0
+        assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+    assert any("HTTP limit" in t["name"] for t in doc["targets"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from service.api.lifecycle import Drain
 from service.api.metrics import Metrics
 from service.api.middleware import DocsGuard, RequestContextMiddleware
 from service.api.pages import install_pages
+from service.hosts import usable_cpus
 from service.logs import configure_logging
 from service.oip.rest import probes as oip_probes
 from service.oip.rest import router as oip_router
@@ -33,7 +33,7 @@ from service.runtime.monitoring import ScoreMonitor
 from service.runtime.peers import ReloadSignals
 from service.runtime.repository import ModelRepository
 from service.runtime.sessions import SessionConfig
-from service.settings import Settings, get_settings
+from service.settings import STARTUP_FAILED_MARKER, Settings, get_settings
 
 if TYPE_CHECKING:
     from service.oip.grpc_server import GrpcFrontDoor
@@ -50,10 +50,11 @@ _BODY_SCHEMAS = (
 )
 
 
-def auto_intra_op_threads(concurrent_batches: int) -> int:
-    """The cores shared out among the batches that may run at once, so they do not fight over
-    them (ONNX Runtime's own default gives every session all cores)."""
-    return max(1, (os.cpu_count() or 1) // concurrent_batches)
+def auto_intra_op_threads(concurrent_batches: int, workers: int = 1) -> int:
+    """The usable cores shared out among the batches that may run at once in every worker
+    process, so they do not fight over them (ONNX Runtime's own default gives every session all
+    cores)."""
+    return max(1, usable_cpus() // (concurrent_batches * max(1, workers)))
 
 
 def session_config(s: Settings) -> SessionConfig:
@@ -64,7 +65,8 @@ def session_config(s: Settings) -> SessionConfig:
         cuda_mem_limit_bytes=s.cuda_mem_limit_mb * 2**20 if s.cuda_mem_limit_mb else None,
         cudnn_conv_algo_search=s.cudnn_conv_algo_search,
         extra_cuda_options=dict(s.cuda_options),
-        intra_op_threads=s.intra_op_threads or auto_intra_op_threads(s.max_concurrent_batches),
+        intra_op_threads=s.intra_op_threads
+        or auto_intra_op_threads(s.max_concurrent_batches, s.workers),
         inter_op_threads=s.inter_op_threads,
         intra_op_spinning=s.intra_op_spinning,
         graph_optimization=s.graph_optimization,
@@ -114,6 +116,23 @@ async def start_grpc(app: FastAPI) -> GrpcFrontDoor | None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """`_serve` below; a startup that fails under `serve --workers N` is also written to the
+    shared directory: uvicorn's supervisor stops the other workers but exits 0, and `serve`
+    turns the marker into a failing exit status."""
+    started = False
+    try:
+        async with _serve(app):
+            started = True
+            yield
+    except BaseException:
+        shared = app.state.settings.shared_state_dir
+        if not started and shared is not None:
+            (shared / STARTUP_FAILED_MARKER).touch()
+        raise
+
+
+@asynccontextmanager
+async def _serve(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="inference")
     repo = ModelRepository(
