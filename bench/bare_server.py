@@ -28,6 +28,7 @@ Sizes = dict[str, tuple[str, int]]
 
 
 def request_key(path: str, query: str, body_bytes: int, accept: str) -> str:
+    accept = "" if accept in ("", "*/*") else accept  # both get the server's default type
     return f"{path}?{query} {body_bytes} {accept}"
 
 
