@@ -137,6 +137,13 @@ class InputSpec(_Strict):
         description="(channels, height, width) when examples are images; used to convert PNG/JPEG "
         "uploads and to render outputs as PNG.",
     )
+    binarized: bool = Field(
+        default=False,
+        description="The likelihood was fit to binary inputs (training drew each pixel as 0 or "
+        "1 with its intensity as probability): the likelihood scores (elbo, iwae, "
+        "elbo-complexity) are likelihoods of 0/1 inputs. Other inputs are still scored, and the "
+        "answer says so (`input_warnings`).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> InputSpec:

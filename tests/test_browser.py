@@ -368,7 +368,9 @@ def test_dropped_images_are_scored_against_the_calibration(
 
         table = card.get_by_role("table", name=f"scores of {name}")
         for method, answer in expected.items():
-            row = table.get_by_role("row").filter(has=page.get_by_role("rowheader", name=method))
+            row = table.get_by_role("row").filter(
+                has=page.get_by_role("rowheader", name=method, exact=True)
+            )
             cells = row.get_by_role("cell")
             assert shown_number(cells.nth(0).inner_text()) == pytest.approx(
                 answer["scores"][i], rel=5e-3

@@ -376,7 +376,7 @@ def experiment(
     if name == "one-class":
         rows = one_class_table(splits, epochs=epochs, latent_dim=latent_dim, seed=seed, arch=arch)
         typer.echo(json.dumps(rows, indent=2))
-        for method in ("reconstruction", "elbo"):
+        for method in next(iter(rows.values())):
             mean = sum(r[method] for r in rows.values()) / len(rows)
             typer.echo(f"mean AUROC ({method}): {mean:.4f}")
     elif name == "debias":

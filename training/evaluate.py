@@ -72,7 +72,8 @@ def one_class_auroc(folder: Path, test: Split, normal_class: int) -> dict[str, f
     """AUROC of each score for telling `normal_class` from every other class of the test set."""
     model = load_exported(folder)
     out = {}
-    for method in (ScoreMethod.RECONSTRUCTION, ScoreMethod.ELBO):
+    methods = (ScoreMethod.RECONSTRUCTION, ScoreMethod.ELBO, ScoreMethod.ELBO_COMPLEXITY)
+    for method in (m for m in methods if m in model.capabilities.score_methods):
         s = score(model, test.x, method, k=16)
         normal = test.y == normal_class
         out[method.value] = auroc(s[normal], s[~normal])

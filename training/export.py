@@ -237,6 +237,7 @@ def export_checkpoint(
             value_range=(0.0, 1.0),
             image_shape=cfg.image_shape,
             normalization=normalization,
+            binarized=ckpt.train_config.binarize,
         ),
         latent_dim=cfg.latent_dim,
         num_classes=cfg.num_classes,

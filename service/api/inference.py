@@ -218,6 +218,8 @@ async def anomaly_score(request: Request) -> Response:
     headers = _headers(result.model)
     if result.threshold is not None:
         headers["X-Anomaly-Threshold"] = repr(result.threshold)
+    if result.input_warnings:
+        headers["X-Input-Warning"] = " | ".join(result.input_warnings)
     if media == codecs.NPY_MEDIA_TYPE:
         return Response(npy_bytes(result.scores), media_type=media, headers=headers)
     out: dict[str, Any] = {
@@ -231,4 +233,5 @@ async def anomaly_score(request: Request) -> Response:
     }
     if result.per_pixel is not None:
         out["per_pixel"] = result.per_pixel
+    out["input_warnings"] = list(result.input_warnings)
     return Response(codecs.dumps_json(out), media_type=codecs.JSON_MEDIA_TYPE, headers=headers)

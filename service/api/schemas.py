@@ -246,6 +246,13 @@ class AnomalyScoreResponse(_Response):
     per_pixel: list[Any] | None = Field(
         default=None, description="[n, *input_shape] scores (per_pixel).", examples=[None]
     )
+    input_warnings: list[str] = Field(
+        default=[],
+        description="What about the inputs makes the scores mean less than they say, e.g. "
+        "grayscale inputs to a likelihood fit to binarized ones (the model's `input.binarized`). "
+        "Also in the `X-Input-Warning` header, for .npy answers.",
+        examples=[[]],
+    )
 
 
 class PartInfo(BaseModel):

@@ -105,6 +105,31 @@ class Scored:
     threshold_source: ThresholdSource
     is_outlier: NDArray[np.bool_] | None
     per_pixel: F32 | None
+    input_warnings: tuple[str, ...] = ()
+    """What about the inputs makes the scores mean less than they say (e.g. grayscale inputs to
+    a likelihood fit to binary ones); empty when nothing does."""
+
+
+_LIKELIHOODS = (ScoreMethod.ELBO, ScoreMethod.IWAE, ScoreMethod.ELBO_COMPLEXITY)
+
+
+def _likelihood_warnings(
+    m: GenerativeModel, method: ScoreMethod, x: NDArray[np.float32]
+) -> tuple[str, ...]:
+    """A likelihood fit to binary inputs, asked about other values, still answers, but its number
+    is not what it would be for any input the model was trained on: say so."""
+    if method not in _LIKELIHOODS or not m.manifest.input.binarized:
+        return ()
+    lo, hi = m.manifest.input.value_range
+    between = np.count_nonzero((x != lo) & (x != hi))
+    if not between:
+        return ()
+    return (
+        f"model {m.name}'s likelihood was fit to binarized inputs ({lo:g} or {hi:g}), and "
+        f"{between} of the {x.size} input values lie between: {method.value} scores of such "
+        "inputs are not likelihoods the model was trained to give (binarize them first, or use "
+        "reconstruction)",
+    )
 
 
 def choose_default_model(
@@ -340,7 +365,10 @@ class DataPlane:
         flags = None if threshold is None else raw.scores > threshold
         if self.monitor is not None:
             self.monitor.record(m, score_method, raw.scores, k)
-        return Scored(m, score_method, raw.scores, threshold, source, flags, raw.per_pixel)
+        warnings = _likelihood_warnings(m, score_method, x)
+        return Scored(
+            m, score_method, raw.scores, threshold, source, flags, raw.per_pixel, warnings
+        )
 
     async def infer_part(
         self,

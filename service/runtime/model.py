@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.capabilities import Capabilities, Operation, ScoreMethod
+from service.images import png_complexity_bits
 from service.manifest import Manifest, ModelKind, PartRole
 from service.runtime import scoring
 from service.runtime.batching import BatchingConfig, BatchObserver
@@ -124,7 +125,7 @@ class GenerativeModel:
             return [(encoder, rows)]
         if work in (Operation.RECONSTRUCT, ScoreMethod.RECONSTRUCTION) and encoder is not None:
             return [(encoder, rows), (self._generator, rows)]
-        if work in (ScoreMethod.ELBO, ScoreMethod.IWAE) and encoder is not None:
+        if work in (ScoreMethod.ELBO, ScoreMethod.IWAE, ScoreMethod.ELBO_COMPLEXITY) and encoder:
             return [(encoder, rows), (self._generator, rows * k)]
         if work is ScoreMethod.DISCRIMINATOR and PartRole.DISCRIMINATOR in self.parts:
             return [(self.parts[PartRole.DISCRIMINATOR], rows)]
@@ -216,9 +217,17 @@ class GenerativeModel:
         rep_labels = None if labels is None else np.repeat(labels, k)
         p = await self._decode(z.reshape(len(x) * k, -1), rep_labels)
         iwae = method is ScoreMethod.IWAE
-        return await _compute(
+        bound = await _compute(
             p.size, scoring.bernoulli_bound, fed, p, mean, log_var, z, eps, iwae, per_pixel
         )
+        if method is ScoreMethod.ELBO_COMPLEXITY:
+            spec = self.manifest.input
+            assert spec.image_shape is not None  # the capability needs it
+            bits = await _compute(
+                x.size * 64, png_complexity_bits, x_model, spec.image_shape, spec.value_range
+            )
+            return RawScores(scoring.complexity_corrected(bound.scores, bits), None)
+        return bound
 
 
 def _feeds(name: str, value: F32, labels: Labels | None) -> dict[str, NDArray[np.generic]]:

@@ -69,6 +69,12 @@ def bernoulli_bound(
     return RawScores(scores.astype(np.float32), pix)
 
 
+def complexity_corrected(neg_elbo: F32, complexity_bits: F32) -> F32:
+    """S(x) = -log p(x) - L(x) (Serra et al. 2020), both in nats: the bound minus the input's
+    compressed length."""
+    return (neg_elbo - complexity_bits * math.log(2.0)).astype(np.float32)
+
+
 def linear_path(z0: F32, z1: F32, t: F32) -> F32:
     return ((1 - t) * z0[None] + t * z1[None]).astype(np.float32)
 
