@@ -44,7 +44,7 @@ class ScoreMethod(StrEnum):
     ELBO = "elbo"
     IWAE = "iwae"
     ELBO_COMPLEXITY = "elbo-complexity"
-    """-ELBO minus the input's complexity (its PNG length, in nats): Serra et al. 2020. A
+    """-ELBO minus the input's complexity (its 1-bit PNG length, in nats): Serra et al. 2020. A
     likelihood rewards simple inputs (a 1 has less ink than an 8, so a model of 8s finds 1s
     likely); subtracting what a generic compressor needs for the input leaves what this model
     explains beyond any model of images."""

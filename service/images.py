@@ -97,13 +97,22 @@ def png_bytes(image: NDArray[np.uint8]) -> bytes:
 def png_complexity_bits(
     x: NDArray[np.float32], image_shape: ImageShape, value_range: ValueRange
 ) -> NDArray[np.float32]:
-    """Each example's length in bits as a losslessly compressed 8-bit PNG (zlib level 9): the
-    generic estimate of an input's complexity in Serra et al., "Input complexity and
-    out-of-distribution detection with likelihood-based generative models" (ICLR 2020)."""
+    """Each example's length in bits as a losslessly compressed PNG (zlib level 9): the generic
+    estimate of an input's complexity of Serra et al., "Input complexity and out-of-distribution
+    detection with likelihood-based generative models" (ICLR 2020).
+
+    The image compressed is the one a Bernoulli likelihood models: each value above the middle
+    of the range is ink (a 1-bit PNG per channel plane). An 8-bit grayscale PNG codes detail the
+    likelihood never sees and was measured to swamp it (one-class AUROC for digit 1: 0.11)."""
+    c, h, w = image_shape
+    lo, hi = value_range
+    ink = x.reshape(len(x), c * h, w) > (lo + hi) / 2
     out = np.empty(len(x), dtype=np.float32)
-    for i, img in enumerate(to_uint8_images(x, image_shape, value_range)):
+    for i, plane in enumerate(ink):
         buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="PNG", optimize=False, compress_level=9)
+        Image.fromarray(plane).convert("1").save(
+            buf, format="PNG", optimize=False, compress_level=9
+        )
         out[i] = 8 * buf.tell()
     return out
 

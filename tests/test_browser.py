@@ -342,7 +342,10 @@ def test_dropped_images_are_scored_against_the_calibration(
 ) -> None:
     x, _ = digits_test
     files = {"digit.png": digit_png(x[0]), "noise.png": noise_png(8)}
-    expected = {m: api_scores(visit.server, files, m) for m in ("reconstruction", "elbo", "iwae")}
+    expected = {
+        m: api_scores(visit.server, files, m)
+        for m in ("reconstruction", "elbo", "iwae", "elbo-complexity")
+    }
     assert expected["reconstruction"]["is_outlier"] == [False, True]  # the premise of the test
 
     page = visit.open(model="digits-vae")

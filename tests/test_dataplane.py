@@ -34,13 +34,13 @@ def _manifest(name: str, **update: object) -> Manifest:
         pytest.param(
             "digits-vae",
             {"sample", "decode", "interpolate", "encode", "reconstruct", "anomaly-score"},
-            ("reconstruction", "elbo", "iwae"),
+            ("reconstruction", "elbo", "iwae", "elbo-complexity"),
             id="vae",
         ),
         pytest.param(
             "mnist-cvae",
             {"sample", "decode", "interpolate", "encode", "reconstruct", "anomaly-score"},
-            ("reconstruction", "elbo", "iwae"),
+            ("reconstruction", "elbo", "iwae", "elbo-complexity"),
             id="cvae",
         ),
         pytest.param(

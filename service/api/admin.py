@@ -49,6 +49,7 @@ def describe(model: GenerativeModel, full: bool = False) -> ModelInfo:
         input_shape=list(m.input.shape),
         image_shape=list(m.input.image_shape) if m.input.image_shape else None,
         value_range=list(m.input.value_range),
+        binarized=m.input.binarized,
         latent_dim=m.latent_dim,
         num_classes=m.num_classes,
         operations=[op.value for op in caps.operations],

@@ -309,6 +309,12 @@ class ModelInfo(BaseModel):
     value_range: list[float] | None = Field(
         default=None, description="Input/output range.", examples=[[0.0, 1.0]]
     )
+    binarized: bool | None = Field(
+        default=None,
+        description="The likelihood was fit to binary inputs (the range's ends only): its "
+        "scores of other values come with `input_warnings`.",
+        examples=[False],
+    )
     latent_dim: int | None = Field(default=None, description="Size of z.", examples=[8])
     num_classes: int | None = Field(
         default=None, description="Labels (conditional models).", examples=[None]
