@@ -106,6 +106,15 @@ class _ScoreHistograms:
                 cumulative += counts[le]
                 buckets.append((floatToGoString(le), cumulative))  # type: ignore[no-untyped-call]
             family.add_metric(list(key), buckets, sums[key])
+            if min(counts) < 0:
+                # prometheus_client leaves out _count and _sum of a histogram with negative
+                # buckets (elbo-complexity scores are mostly negative); the count is still a
+                # plain counter, and the alert rules and dashboards divide by it.
+                family.add_sample(
+                    SCORE_HISTOGRAM + "_count",
+                    dict(zip(_MONITOR_LABELS, key, strict=True)),
+                    cumulative,
+                )
         yield family
 
 

@@ -10,12 +10,12 @@ without any wait at low load.
 
 A lone call runs inline: when the part is idle (nothing queued or running), no other call has
 run inline in this turn of the event loop, and the part's measured time for a batch of that size
-is at most `inline_max_s` (and `max_delay_ms` does not ask calls to wait for company), the session
-runs on the calling (event loop) thread. A thread
-hand-off costs a one-row request more than its own run on a small model (about 0.2 ms of
-futex wake-ups per call on a 2-core machine). The turn rule keeps batching intact under load:
-requests that arrive together are processed one after another in the same turn, so only the
-first of them can run inline; the rest queue behind a thread as before.
+is at most `inline_max_s` (and `max_delay_ms` does not ask calls to wait for company), the
+session runs on the calling (event loop) thread. A thread hand-off costs a one-row request more
+than its own run on a small model (about 0.2 ms of futex wake-ups per call on a 2-core machine).
+The turn rule keeps batching intact under load: requests that arrive together are processed one
+after another in the same turn, so only the first of them can run inline; the rest queue behind
+a thread as before.
 
 Admission is by time, not by a row count: each session measures the rows per second it completes
 while its queue stays busy (so every kind of contention counts: the other batch slots, the event
@@ -170,8 +170,6 @@ class Batcher:
         if sizes[i] == rows or i == 0:
             return self._rates[sizes[i]]
         lo, hi = sizes[i - 1], sizes[i]
-        if lo == hi:
-            return self._rates[lo]
         t_lo, t_hi = lo / self._rates[lo], hi / self._rates[hi]
         seconds = t_lo + (t_hi - t_lo) * (rows - lo) / (hi - lo)
         return rows / seconds
