@@ -101,6 +101,7 @@ def test_front_doors_run_side_by_side_into_their_own_docs_section(
             "--json", str(out),
             "--docs", str(docs),
             "--no-plot",
+            "--loadgen", "aiohttp",
         ]
     )  # fmt: skip
     assert code == 0
