@@ -23,7 +23,14 @@ from bench import report, wrk
 from bench.bare_server import response_sizes
 from bench.inprocess import Ceiling
 from bench.loadgen import StepResult, run_grpc_step, run_step
-from bench.servers import HTTP_SYSTEMS, ROOT, SYSTEMS, Server, make_server
+from bench.servers import (
+    HTTP_SYSTEMS,
+    ROOT,
+    SYSTEMS,
+    Server,
+    default_service_workers,
+    make_server,
+)
 from bench.workloads import (
     ALL_WORKLOADS,
     DEFAULT_WORKLOADS,
@@ -33,7 +40,6 @@ from bench.workloads import (
     Workload,
     prepare_or_report,
 )
-from service.hosts import default_workers, usable_cpus
 
 DEFAULT_CONCURRENCY = (1, 4, 16, 64, 256)
 QUICK_CONCURRENCY = (1, 16)
@@ -105,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args.concurrency = tuple(int(c) for c in conc.split(","))
     if args.service_workers == 0:
-        args.service_workers = default_workers(["cpu"], usable_cpus(), gpu=False)
+        args.service_workers = default_service_workers()
     args.duration = args.duration or (0.3 if args.quick else 1.0)
     args.warmup = args.warmup if args.warmup is not None else (0.1 if args.quick else 0.3)
     args.systems = tuple(s for s in args.systems.split(",") if s)

@@ -22,7 +22,7 @@ from typing import Any
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from bench.workloads import Prepared
+from bench.workloads import HttpRequest, Prepared
 
 Sizes = dict[str, tuple[str, int]]
 
@@ -30,6 +30,12 @@ Sizes = dict[str, tuple[str, int]]
 def request_key(path: str, query: str, body_bytes: int, accept: str) -> str:
     accept = "" if accept in ("", "*/*") else accept  # both get the server's default type
     return f"{path}?{query} {body_bytes} {accept}"
+
+
+def key_of(request: HttpRequest) -> str:
+    """`request_key` of a request the benchmark sends."""
+    path, _, query = request.path.partition("?")
+    return request_key(path, query, len(request.content), request.headers.get("accept", ""))
 
 
 def response_sizes(prepared: list[Prepared], repository: Path) -> Sizes:
@@ -62,11 +68,8 @@ def response_sizes(prepared: list[Prepared], repository: Path) -> Sizes:
                         p.request.path, content=p.request.content, headers=p.request.headers
                     )
                     r.raise_for_status()
-                    path, _, query = p.request.path.partition("?")
-                    accept = p.request.headers.get("accept", "")
-                    key = request_key(path, query, len(p.request.content), accept)
                     media = r.headers.get("content-type", "application/json")
-                    sizes[key] = (media, len(r.content))
+                    sizes[key_of(p.request)] = (media, len(r.content))
         return sizes
 
     return asyncio.run(probe())

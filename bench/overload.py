@@ -40,11 +40,10 @@ import numpy as np
 import orjson
 
 from bench import report
-from bench.bare_server import request_key
+from bench.bare_server import key_of
 from bench.loadgen import percentiles
-from bench.servers import ROOT, make_server
+from bench.servers import ROOT, default_service_workers, make_server
 from bench.workloads import HttpRequest
-from service.hosts import default_workers, usable_cpus
 
 DOC_START = "<!-- bench:overload:start -->"
 DOC_END = "<!-- bench:overload:end -->"
@@ -131,8 +130,7 @@ def measure_floor(
 ) -> None:
     """Each scenario's clients against the bare app answering like a refusal (fills floor_*)."""
     answer = max((r.refusal_bytes for r in results), default=0) or 200
-    path, _, query = request.path.partition("?")
-    key = request_key(path, query, len(request.content), request.headers.get("accept", ""))
+    key = key_of(request)
     with tempfile.TemporaryDirectory(prefix="overload-") as tmp:
         sizes = Path(tmp) / "sizes.json"
         sizes.write_text(json.dumps({key: ["application/json", answer]}))
@@ -246,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = Manifest.load(args.models / args.model)
     request = decode_request(args.model, manifest.latent_dim, args.rows)
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    workers = args.workers or default_workers(["cpu"], usable_cpus(), gpu=False)
+    workers = args.workers or default_service_workers()
     server = make_server("service", args.models, [args.model], extra_env, workers).start()
     try:
         batch_ms = _full_batch_ms(server.url, args.model)

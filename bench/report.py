@@ -138,7 +138,9 @@ def check_targets(
         high_c = 64 if 64 in levels or not levels else max(levels)
     workloads = list(dict.fromkeys(r.workload for r in results))
     for w in workloads:
-        if w.startswith("sample-") and "-n64-" in w:
+        if "-n64-" in w and (
+            w.startswith("sample-") or w.startswith("decode-") and w.endswith("-npy")
+        ):
             s, runs = _find(results, "service", w, high_c), _ceiling_runs(results, w)
             if _ok(s) and runs:
                 assert s is not None
@@ -218,8 +220,8 @@ def check_targets(
 
 
 def hot_path_targets(results: list[StepResult], high_c: int) -> list[Target]:
-    """One-row JSON requests beside the HTTP limit (`bare`), and 64-row `.npy` decodes beside
-    the in-process ceiling (64-row samples: in `check_targets`)."""
+    """One-row JSON requests beside the HTTP limit (`bare`). (64-row `.npy` requests beside the
+    in-process ceiling: in `check_targets`.)"""
     targets: list[Target] = []
     for w in dict.fromkeys(r.workload for r in results):
         if "-n1-json" in w:
@@ -246,20 +248,6 @@ def hot_path_targets(results: list[StepResult], high_c: int) -> list[Target]:
                         f"<= {HOT_PATH_P50_MS} ms",
                         f"{one.p50_ms:.2f} ms{context}",
                         one.p50_ms <= HOT_PATH_P50_MS,
-                    )
-                )
-        if w.endswith("-n64-npy") and w.startswith("decode-"):  # sample-: check_targets
-            s, runs = _find(results, "service", w, high_c), _ceiling_runs(results, w)
-            if _ok(s) and runs:
-                assert s is not None
-                ip = max(runs, key=lambda r: r.samples_per_s)
-                ratio = s.samples_per_s / ip.samples_per_s
-                targets.append(
-                    Target(
-                        f"{w}: service at c={high_c} vs in-process at batch {ip.batch}",
-                        f">= {NPY_CEILING_SHARE}x samples/s",
-                        f"{s.samples_per_s:,.0f} / {ip.samples_per_s:,.0f} = {ratio:.2f}x",
-                        ratio >= NPY_CEILING_SHARE,
                     )
                 )
     return targets

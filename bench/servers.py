@@ -104,6 +104,13 @@ class Server:
         return out
 
 
+def default_service_workers() -> int:
+    """The worker count `serve` picks on this host for the CPU provider the servers here use."""
+    from service.hosts import default_workers, usable_cpus
+
+    return default_workers(["cpu"], usable_cpus(), gpu=False)
+
+
 def make_server(
     system: str,
     repository: Path,

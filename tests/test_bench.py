@@ -200,7 +200,7 @@ async def test_naive_baseline_answers_the_same_requests(repository: Path) -> Non
 
 
 def test_the_bare_server_answers_with_the_service_sizes(repository: Path) -> None:
-    from bench.bare_server import BareApp, request_key, response_sizes
+    from bench.bare_server import BareApp, key_of, response_sizes
     from bench.workloads import HOT_PATH_WORKLOADS, prepare
 
     prepared, _ = prepare(HOT_PATH_WORKLOADS, {"vae": "digits-vae"}, repository)
@@ -214,9 +214,7 @@ def test_the_bare_server_answers_with_the_service_sizes(repository: Path) -> Non
                 accept = p.request.headers.get("accept", "")  # none: not httpx's default
                 headers = {**p.request.headers, "accept": accept}
                 r = await c.post(p.request.path, content=p.request.content, headers=headers)
-                path, _, query = p.request.path.partition("?")
-                key = request_key(path, query, len(p.request.content), accept)
-                media, length = sizes[key]
+                media, length = sizes[key_of(p.request)]
                 assert r.status_code == 200 and len(r.content) == length
                 assert r.headers["content-type"] == media
             assert (await c.get("/readyz")).status_code == 200

@@ -260,11 +260,8 @@ class Batcher:
         asyncio.get_running_loop().call_soon(self._end_inline_turn)
         t0 = time.perf_counter()
         out = self._run(feeds)
-        run_s = time.perf_counter() - t0
-        self.observe_rate(rows, run_s)
+        self._ran_alone(rows, time.perf_counter() - t0)
         self._busy_completions.clear()  # it found the part idle
-        if self._observer is not None:
-            self._observer.batch_done(self.name, 1, rows, [0.0], run_s)
         return out
 
     def _end_inline_turn(self) -> None:
@@ -273,11 +270,14 @@ class Batcher:
     async def _execute_alone(self, feeds: Feeds, rows: int) -> Outputs:
         t0 = time.perf_counter()
         out = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, feeds)
-        run_s = time.perf_counter() - t0
+        self._ran_alone(rows, time.perf_counter() - t0)
+        return out
+
+    def _ran_alone(self, rows: int, run_s: float) -> None:
+        """Account for a call that ran as its own batch, without queueing."""
         self.observe_rate(rows, run_s)
         if self._observer is not None:
             self._observer.batch_done(self.name, 1, rows, [0.0], run_s)
-        return out
 
     def _take_compatible(self, batch: list[_Call], rows: int) -> int:
         """Move queued calls with the batch's signature into it, keeping order for the rest."""
