@@ -24,16 +24,19 @@ from bench.bare_server import response_sizes
 from bench.inprocess import Ceiling
 from bench.loadgen import StepResult, run_grpc_step, run_step
 from bench.servers import (
+    DEFAULT_SYSTEMS,
     HTTP_SYSTEMS,
     ROOT,
     SYSTEMS,
     Server,
     default_service_workers,
     make_server,
+    pytriton_python,
 )
 from bench.workloads import (
     ALL_WORKLOADS,
     DEFAULT_WORKLOADS,
+    OIP_ENCODINGS,
     QUICK_WORKLOADS,
     WORKLOAD_GROUPS,
     Prepared,
@@ -53,7 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", default=None, help="comma separated (default 1,4,16,64,256)")
     p.add_argument("--duration", type=float, default=None, help="measured seconds per step")
     p.add_argument("--warmup", type=float, default=None, help="unrecorded seconds per step")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help="subset of " + ",".join(SYSTEMS))
+    p.add_argument(
+        "--systems",
+        default=",".join(DEFAULT_SYSTEMS),
+        help="subset of " + ",".join(SYSTEMS) + " (default: all but pytriton)",
+    )
     p.add_argument(
         "--workloads",
         default=None,
@@ -77,7 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="results",
         help="the generated section of docs/benchmarks.md to rewrite (its own JSON and plot)",
     )
-    p.add_argument("--max-batch", type=int, default=256, help="in-process ceiling's largest batch")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=256,
+        help="largest batch of the in-process ceiling and of pytriton (latentserve's default)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke test: 3 workloads, c=1,16, short")
     p.add_argument("--json", type=Path, default=None, help="default docs/benchmarks[-SECTION].json")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -122,6 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         p.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
+    if "pytriton" in args.systems and pytriton_python() is None:
+        p.error("--systems pytriton: run scripts/install-pytriton.sh first")
     if args.workloads is None and args.quick:
         args.workloads = ",".join(QUICK_WORKLOADS)
     suffix = "" if args.section == "results" else f"-{args.section}"
@@ -161,6 +175,8 @@ async def sweep(
                 continue  # the baseline has no such route
             if system == "bare" and p.workload.encoding == "grpc":
                 continue  # HTTP only
+            if system == "pytriton" and p.workload.encoding not in OIP_ENCODINGS:
+                continue  # the peer speaks only the Open Inference Protocol
             if system == "inprocess":
                 assert ceiling is not None
                 r = ceiling.run_step(p, c, args.warmup, args.duration, args.max_batch)
@@ -229,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                         extra_env,
                         args.service_workers,
                         sizes_file,
+                        args.max_batch,
                     ).start()
             results = asyncio.run(sweep(args, prepared, servers))
         finally:

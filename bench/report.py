@@ -250,6 +250,32 @@ def hot_path_targets(results: list[StepResult], high_c: int) -> list[Target]:
                         one.p50_ms <= HOT_PATH_P50_MS,
                     )
                 )
+    return targets + peer_targets(results, high_c)
+
+
+def peer_targets(results: list[StepResult], high_c: int) -> list[Target]:
+    """p99 beside PyTriton's at `high_c`: the same protocol request (`oip-json`), and the native
+    JSON route for the same rows (what a user of either would call)."""
+    targets: list[Target] = []
+    for peer in dict.fromkeys(r.workload for r in results if r.system == "pytriton"):
+        theirs = _find(results, "pytriton", peer, high_c)
+        if not _ok(theirs):
+            continue
+        assert theirs is not None
+        for ours_name in dict.fromkeys((peer, f"{stem(peer)}-json")):
+            ours = _find(results, "service", ours_name, high_c)
+            if not _ok(ours):
+                continue
+            assert ours is not None
+            targets.append(
+                Target(
+                    f"{ours_name} vs PyTriton's {peer}: p99 at c={high_c}",
+                    "below PyTriton's",
+                    f"{ours.p99_ms:.1f} vs {theirs.p99_ms:.1f} ms "
+                    f"({ours.rps:,.0f} vs {theirs.rps:,.0f} req/s)",
+                    ours.p99_ms < theirs.p99_ms,
+                )
+            )
     return targets
 
 

@@ -6,6 +6,10 @@
 - `service-nobatch`: the same with `LATENTSERVE_BATCHING=false`.
 - `naive`: the baseline app in `bench/naive_server.py`.
 - `bare`: the HTTP limit in `bench/bare_server.py` (fixed answers of latentserve's sizes).
+- `pytriton`: the peer, Triton's dynamic batcher through PyTriton (`bench/pytriton_server.py`),
+  under its own interpreter (`.venv-pytriton`, made by `scripts/install-pytriton.sh`, or the
+  one `LATENTSERVE_BENCH_PYTRITON_PYTHON` names); it serves the Open Inference Protocol only,
+  so it runs the `oip-*` and `grpc` decode workloads. Not in the default systems.
 
 Startup is timed from spawning the process to the first 200 from `/readyz`. The tests' live
 server (`tests/conftest.py`) is this same `Server`.
@@ -25,10 +29,14 @@ from typing import IO, Self
 
 import httpx
 
+from bench.pytriton_server import decode_part
+
 ROOT = Path(__file__).resolve().parent.parent
 
-SYSTEMS = ("service", "service-nobatch", "naive", "bare", "inprocess")
-HTTP_SYSTEMS = SYSTEMS[:4]
+SYSTEMS = ("service", "service-nobatch", "naive", "bare", "inprocess", "pytriton")
+DEFAULT_SYSTEMS = SYSTEMS[:5]
+HTTP_SYSTEMS = ("service", "service-nobatch", "naive", "bare", "pytriton")
+PYTRITON_PYTHON_ENV = "LATENTSERVE_BENCH_PYTRITON_PYTHON"
 
 
 def free_port() -> int:
@@ -47,6 +55,7 @@ class Server:
     startup_s: float = 0.0
     proc: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = None
+    ready_path: str = "/readyz"
 
     @property
     def url(self) -> str:
@@ -72,7 +81,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.system} exited early:\n{self.output()[-4000:]}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                if httpx.get(self.url + self.ready_path, timeout=1.0).status_code == 200:
                     self.startup_s = time.perf_counter() - t0
                     return self
             except httpx.TransportError:
@@ -111,6 +120,45 @@ def default_service_workers() -> int:
     return default_workers(["cpu"], usable_cpus(), gpu=False)
 
 
+def pytriton_python() -> Path | None:
+    """The interpreter with PyTriton installed, or None when there is none."""
+    path = Path(os.environ.get(PYTRITON_PYTHON_ENV) or ROOT / ".venv-pytriton" / "bin" / "python")
+    return path if path.is_file() else None
+
+
+def library_dir(python: Path) -> str:
+    """The folder of `python`'s own libpython. Triton's Python backend stub links
+    libpython3.X.so.1.0 and would load the system's copy (Debian's 3.11.2) beside this
+    interpreter's standard library (pyenv's 3.11.7 here); the mismatch kills the model's start
+    (`'_thread.RLock' object has no attribute '_recursion_count'`)."""
+    code = "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def make_pytriton_server(
+    repository: Path, models: list[str], env: dict[str, str], max_batch: int
+) -> Server:
+    python = pytriton_python()
+    if python is None:
+        raise RuntimeError(
+            f"pytriton: no interpreter with PyTriton (run scripts/install-pytriton.sh, or set "
+            f"{PYTRITON_PYTHON_ENV})"
+        )
+    libs = [library_dir(python), env.get("LD_LIBRARY_PATH", "")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
+    cmd = [str(python), "-m", "bench.pytriton_server", "--models", str(repository)]
+    for model in models:
+        cmd += ["--model", model]
+    grpc_port = free_port()
+    cmd += ["--grpc-port", str(grpc_port), "--metrics-port", str(free_port())]
+    cmd += ["--max-batch", str(max_batch)]
+    # Triton reports itself ready before PyTriton has bound the models: wait for the last one
+    role, _ = decode_part(repository / models[-1])
+    ready = f"/v2/models/{models[-1]}.{role}/ready"
+    return Server("pytriton", cmd, env, grpc_port=grpc_port, ready_path=ready)
+
+
 def make_server(
     system: str,
     repository: Path,
@@ -118,8 +166,11 @@ def make_server(
     extra_env: dict[str, str],
     workers: int = 1,
     sizes_file: Path | None = None,
+    max_batch: int = 256,
 ) -> Server:
     env = {**os.environ, **extra_env}
+    if system == "pytriton":
+        return make_pytriton_server(repository, models, env, max_batch)
     if system == "bare":
         if sizes_file is None:
             raise ValueError("the bare server needs the response sizes (bench.bare_server)")

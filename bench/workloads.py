@@ -93,6 +93,7 @@ OIP_WORKLOADS: tuple[Workload, ...] = (
 )
 HOT_PATH_WORKLOADS: tuple[Workload, ...] = (
     Workload("decode", "vae", 1, "json"),
+    Workload("decode", "vae", 1, "oip-json"),  # what PyTriton serves (`--systems ...,pytriton`)
     Workload("sample", "vae", 1, "json"),
     Workload("decode", "vae", 64, "npy"),
     Workload("sample", "vae", 64, "npy"),

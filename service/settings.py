@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     at concurrency 64 on 2 cores: 1.76x the throughput of one worker (docs/benchmarks.md#hot-path).
     Each worker gets an equal share of the cores for ONNX Runtime's threads."""
 
+    gc_freeze: bool = True
+    """After startup, move every object then alive out of the garbage collector's sight
+    (`service.heap`): a full collection then walks requests' garbage only, not the ~80,000
+    objects of the loaded libraries and models, which took 60 ms of the event loop each time
+    (docs/benchmarks.md#hot-path)."""
+
     shared_state_dir: Path | None = None
     """Set by `serve --workers N` (not by hand): a directory the worker processes share for
     reload announcements and Prometheus multiprocess files."""

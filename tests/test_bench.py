@@ -7,16 +7,20 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import httpx
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from bench.__main__ import main, median_rounds, select_workloads
 from bench.loadgen import StepResult
 from bench.naive_server import create_app as create_naive_app
+from bench.pytriton_server import decode_part
 from bench.report import check_targets, markers, stem, table
+from bench.servers import PYTRITON_PYTHON_ENV, make_server, pytriton_python
 from bench.workloads import OIP_WORKLOADS
 from tests.conftest import MODELS
 from tests.tiny_models import write_gan
@@ -251,3 +255,91 @@ def test_wrk_drives_the_service_and_the_http_limit(repository: Path, tmp_path: P
         assert 0.9 < r["duration_s"] < 2.0
         assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
     assert any("HTTP limit" in t["name"] for t in doc["targets"])
+
+
+def test_peer_targets_compare_p99_with_pytriton_at_the_same_concurrency() -> None:
+    results = [
+        _step("service", "decode-vae-n1-json", 64, 1, 3000, 20.0),
+        _step("service", "decode-vae-n1-oip-json", 64, 1, 2000, 40.0),
+        _step("pytriton", "decode-vae-n1-oip-json", 64, 1, 1500, 30.0),
+        _step("pytriton", "decode-vae-n1-oip-json", 1, 1, 50, 2.0),
+    ]
+    targets = {t.name: t for t in check_targets(results, {})}
+    native = targets["decode-vae-n1-json vs PyTriton's decode-vae-n1-oip-json: p99 at c=64"]
+    assert native.met and native.measured.startswith("20.0 vs 30.0 ms")
+    same = targets["decode-vae-n1-oip-json vs PyTriton's decode-vae-n1-oip-json: p99 at c=64"]
+    assert same.met is False and same.measured.startswith("40.0 vs 30.0 ms")
+
+
+def test_pytriton_serves_the_graph_behind_decode_under_the_oip_name(
+    repository: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert decode_part(repository / "digits-vae")[0] == "decoder"
+    assert decode_part(repository / "tiny-gan")[0] == "generator"
+    monkeypatch.setenv(PYTRITON_PYTHON_ENV, str(tmp_path / "missing" / "python"))
+    assert pytriton_python() is None
+    with pytest.raises(SystemExit):  # asked for by name without the interpreter: a clear error
+        main(["--systems", "pytriton", "--no-docs", "--no-plot"])
+    python = Path(sys.executable)
+    monkeypatch.setenv(PYTRITON_PYTHON_ENV, str(python))
+    server = make_server("pytriton", repository, ["digits-vae", "tiny-gan"], {})
+    assert server.ready_path == "/v2/models/tiny-gan.generator/ready"
+    assert server.command[:3] == [str(python), "-m", "bench.pytriton_server"]
+    assert server.command.count("--model") == 2 and server.grpc_port is not None
+    lib = server.env["LD_LIBRARY_PATH"].split(":")[0]
+    assert any(p.name.startswith("libpython") for p in Path(lib).iterdir())
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(
+    pytriton_python() is None, reason="PyTriton is not installed (scripts/install-pytriton.sh)"
+)
+def test_pytriton_answers_the_same_protocol_requests(repository: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    workloads = ("n1-oip-json", "n64-oip-binary", "n64-grpc", "n1-json")
+    code = main(
+        [
+            "--models", str(repository),
+            "--vae-model", "digits-vae",
+            "--gan-model", "tiny-gan",
+            "--workloads", ",".join(f"decode-vae-{w}" for w in workloads),
+            "--systems", "service,pytriton",
+            "--concurrency", "4",
+            "--duration", "0.5",
+            "--warmup", "0",
+            "--loadgen", "aiohttp",
+            "--json", str(out),
+            "--no-docs",
+            "--no-plot",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    doc = json.loads(out.read_text())
+    runs = {(r["system"], r["workload"]): r for r in doc["results"]}
+    assert ("pytriton", "decode-vae-n1-json") not in runs  # the peer has no native route
+    for workload in ("decode-vae-n1-oip-json", "decode-vae-n64-oip-binary", "decode-vae-n64-grpc"):
+        for system in ("service", "pytriton"):
+            r = runs[(system, workload)]
+            assert r["errors"] == 0 and r["requests"] > 5, r
+    assert any("PyTriton" in t["name"] for t in doc["targets"])
+    # and answers with the graph's values
+    server = make_server("pytriton", repository, ["digits-vae"], {}).start()
+    try:
+        z = np.random.default_rng(0).standard_normal((3, 8), dtype=np.float32)
+        body = {
+            "inputs": [
+                {"name": "z", "datatype": "FP32", "shape": [3, 8], "data": z.ravel().tolist()}
+            ]
+        }
+        r = httpx.post(f"{server.url}/v2/models/digits-vae.decoder/infer", json=body, timeout=10)
+        assert r.status_code == 200, r.text
+    finally:
+        server.stop()
+    out_tensor = r.json()["outputs"][0]
+    folder = repository / "digits-vae"
+    session = ort.InferenceSession(str(folder / decode_part(folder)[1]["path"]))
+    expected = session.run(None, {"z": z})[0]
+    assert out_tensor["shape"] == list(expected.shape)
+    np.testing.assert_allclose(
+        np.asarray(out_tensor["data"]).reshape(expected.shape), expected, rtol=1e-5, atol=1e-6
+    )

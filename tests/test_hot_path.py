@@ -13,14 +13,19 @@ import numpy as np
 import pytest
 from fastapi import APIRouter
 
-from service.api.direct import direct_endpoints
+from service.api.direct import DirectRoutes, direct_route
+from service.api.errors import response_for
 from service.api.inference import router as inference_router
+from service.oip.errors import INTERNAL_MESSAGE, rest_response_for
+from service.oip.rest import infer_routes as oip_infer_routes
+from service.settings import Settings
 
 Z = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
 
 
 def test_every_inference_route_is_dispatched_directly() -> None:
-    assert set(direct_endpoints(inference_router.routes)) == {
+    direct = DirectRoutes(None, [*inference_router.routes, *oip_infer_routes()], Settings())  # type: ignore[arg-type]
+    assert set(direct.fixed) == {
         "/sample",
         "/encode",
         "/decode",
@@ -28,17 +33,69 @@ def test_every_inference_route_is_dispatched_directly() -> None:
         "/interpolate",
         "/anomaly-score",
     }
+    assert sorted(d.route.path for d in direct.templated) == [
+        "/v2/models/{model_name}/infer",
+        "/v2/models/{model_name}/versions/{model_version}/infer",
+    ]
+    route, params = direct.match("/v2/models/m.decoder/versions/2/infer")  # type: ignore[misc]
+    assert params == {"model_name": "m.decoder", "model_version": "2"}
+    assert route.error_response is rest_response_for  # the protocol's error shape
+    assert direct.fixed["/decode"].error_response is response_for
+    assert direct.match("/v2/models/m/ready") is None and direct.match("/models/m/reload") is None
 
 
-def test_a_route_with_parameters_cannot_be_direct() -> None:
+def test_a_route_fastapi_must_convert_for_cannot_be_direct() -> None:
     router = APIRouter()
 
-    @router.post("/things/{name}")
-    async def thing(name: str) -> dict[str, str]:
+    @router.post("/things/{n}")
+    async def thing(n: int) -> dict[str, int]:
+        return {"n": n}
+
+    @router.post("/named")
+    async def named(name: str) -> dict[str, str]:  # a required query parameter
         return {"name": name}
 
-    with pytest.raises(ValueError, match="take only the request"):
-        direct_endpoints(router.routes)
+    with pytest.raises(ValueError, match="string parameters only"):
+        direct_route(router.routes[0])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="optional query parameters only"):
+        direct_route(router.routes[1])  # type: ignore[arg-type]
+
+
+async def test_protocol_inference_keeps_the_protocol_shapes_when_direct(
+    app_with, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = {
+        "inputs": [{"name": "z", "datatype": "FP32", "shape": [2, 8], "data": Z.ravel().tolist()}]
+    }
+    async with app_with(api_key="s3cret") as c:
+        denied = await c.post("/v2/models/digits-vae.decoder/infer", json=body)
+        assert denied.status_code == 401
+        assert denied.json() == {"error": denied.json()["error"]}
+        assert denied.json()["error"].startswith("Authorization: ")
+        auth = {"authorization": "Bearer s3cret"}
+        ok = await c.post("/v2/models/digits-vae.decoder/infer", json=body, headers=auth)
+        assert ok.status_code == 200
+        out = ok.json()["outputs"][0]
+        assert out["shape"][0] == 2 and len(out["data"]) == int(np.prod(out["shape"]))
+        versioned = await c.post(
+            "/v2/models/digits-vae.decoder/versions/1/infer", json=body, headers=auth
+        )
+        assert versioned.status_code == 200 and versioned.json()["model_version"] == "1"
+        query = await c.post(
+            "/v2/models/digits-vae.decoder/infer?model_version=9", json=body, headers=auth
+        )  # FastAPI took the version from the query on this route: so does the direct path
+        assert query.status_code == 404, query.text
+        bad = await c.post("/v2/models/digits-vae.decoder/infer", json={"inputs": []}, headers=auth)
+        assert bad.status_code == 400 and set(bad.json()) == {"error"}
+
+        async def broken(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr("service.oip.mapping.infer", broken)
+        r = await c.post("/v2/models/digits-vae.decoder/infer", json=body, headers=auth)
+        assert r.status_code == 500 and r.json() == {"error": INTERNAL_MESSAGE}
+        metrics = (await c.get("/metrics")).text
+        assert 'endpoint="/v2/models/{model_name}/infer",method="POST",status="500"' in metrics
 
 
 async def test_the_api_key_is_checked_with_our_error_body(app_with) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service import __version__
+from service import __version__, heap
 from service.api import schemas
 from service.api.admin import models_router, probes_router
 from service.api.direct import DirectRoutes
@@ -25,6 +25,7 @@ from service.api.middleware import DocsGuard, RequestContextMiddleware
 from service.api.pages import install_pages
 from service.hosts import usable_cpus
 from service.logs import configure_logging
+from service.oip.rest import infer_routes as oip_infer_routes
 from service.oip.rest import probes as oip_probes
 from service.oip.rest import router as oip_router
 from service.runtime.batching import BatchingConfig
@@ -179,6 +180,8 @@ async def _serve(app: FastAPI) -> AsyncIterator[None]:
     grpc_door: GrpcFrontDoor | None = None
     try:
         grpc_door = await start_grpc(app)
+        if settings.gc_freeze:
+            heap.freeze()
         yield
     finally:
         if grpc_door is not None:
@@ -187,6 +190,7 @@ async def _serve(app: FastAPI) -> AsyncIterator[None]:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
         await repo.close()
+        heap.thaw()
         executor.shutdown(wait=True)
         metrics.process_exiting()
         drain.finished()
@@ -236,7 +240,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.drain = Drain()
     # innermost first: DirectRoutes sees requests after the request middleware (ids, limits,
     # logs, metrics) and before FastAPI's router
-    app.add_middleware(DirectRoutes, routes=inference_router.routes, settings=settings)
+    direct = [*inference_router.routes, *oip_infer_routes()]
+    app.add_middleware(DirectRoutes, routes=direct, settings=settings)
     app.add_middleware(DocsGuard, settings=settings)
     app.add_middleware(
         RequestContextMiddleware,

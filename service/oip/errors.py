@@ -19,6 +19,8 @@ The message names the field at fault first (`z: expected ...`), as the protocol 
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 from starlette.responses import Response
 
@@ -33,6 +35,8 @@ from service.errors import (
 )
 
 INTERNAL_MESSAGE = "internal server error; see the server log"
+
+log = logging.getLogger("latentserve.oip")
 
 
 def message(exc: LatentServeError) -> str:
@@ -59,6 +63,17 @@ def rest_error(exc: LatentServeError) -> Response:
     wait = retry_after(exc)
     headers = {"Retry-After": wait} if wait is not None else None
     return rest_response(rest_status(exc), message(exc), headers)
+
+
+def rest_response_for(exc: Exception) -> Response:
+    """The REST error response for any exception a protocol request raised, however it was
+    dispatched (FastAPI's router, or the direct inference path)."""
+    if isinstance(exc, LatentServeError):
+        if exc.status_code >= 500 and exc.status_code != 503:
+            log.error("request failed: %s", exc.message)
+        return rest_error(exc)
+    log.exception("unhandled error", exc_info=exc)
+    return rest_response(500, INTERNAL_MESSAGE)
 
 
 def grpc_code_name(exc: LatentServeError) -> str:

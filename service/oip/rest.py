@@ -18,12 +18,13 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 
 from service import __version__
 from service.api.deps import data_plane, request_timeout, require_api_key
-from service.errors import LatentServeError, ModelUnavailable
+from service.errors import ModelUnavailable
 from service.oip import mapping
-from service.oip.errors import INTERNAL_MESSAGE, rest_error, rest_response
+from service.oip.errors import rest_response, rest_response_for
 from service.oip.protocol import EXTENSIONS, SERVER_NAME
 from service.oip.rest_body import (
     BINARY_MEDIA_TYPE,
@@ -39,19 +40,16 @@ log = logging.getLogger("latentserve.oip")
 class OipRoute(APIRoute):
     """A route whose errors, its dependencies' included, take the protocol's shape."""
 
+    error_response = staticmethod(rest_response_for)  # also what `DirectRoutes` renders with
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
             try:
                 return await handler(request)
-            except LatentServeError as exc:
-                if exc.status_code >= 500 and exc.status_code != 503:
-                    log.error("request failed: %s", exc.message)
-                return rest_error(exc)
-            except Exception:
-                log.exception("unhandled error")
-                return rest_response(500, INTERNAL_MESSAGE)
+            except Exception as exc:
+                return rest_response_for(exc)
 
         return route
 
@@ -130,6 +128,11 @@ async def infer(request: Request, model_name: str, model_version: str | None = N
         return Response(content, media_type=JSON_MEDIA_TYPE)
     headers = {"Inference-Header-Content-Length": str(header_length)}
     return Response(content, media_type=BINARY_MEDIA_TYPE, headers=headers)
+
+
+def infer_routes() -> list[BaseRoute]:
+    """The protocol's inference routes, for `service.api.direct` to dispatch."""
+    return [r for r in router.routes if isinstance(r, APIRoute) and r.endpoint is infer]
 
 
 @router.api_route("/v2/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])

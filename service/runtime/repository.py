@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
+from service import heap
 from service.errors import ModelLoadError, ModelNotFound, ModelUnavailable, ProviderUnavailable
 from service.manifest import MANIFEST_FILENAME, Manifest
 from service.runtime.batching import BatchingConfig, BatchObserver
@@ -154,8 +155,10 @@ class ModelRepository:
             for name in set(self._models) - set(folders):  # removed from disk
                 old = self._models.pop(name)
                 await old.close()
-                log.info("model %s unloaded: its folder is gone", name)
                 outcomes.append(LoadOutcome(name, "unloaded", old.version))
+                del old
+                heap.model_released()
+                log.info("model %s unloaded: its folder is gone", name)
         return sorted(outcomes, key=lambda o: o.name)
 
     async def reload(self, name: str) -> GenerativeModel:
@@ -196,6 +199,8 @@ class ModelRepository:
         )
         if old is not None:
             await old.close()  # drains what was queued on the old version
+            del old
+            heap.model_released()
 
     def _record_failure(self, name: str, folder: Path, error: str) -> None:
         if name in self._models:
