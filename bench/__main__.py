@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
         },
         "startup_s": startup,
+        "peers": {k: s.about for k, s in servers.items() if s.about},
         "skipped": skipped,
         "results": [r.as_dict() for r in results],
         "targets": [t.as_dict() for t in targets],

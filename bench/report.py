@@ -364,6 +364,7 @@ def write_docs(
         + ", ".join(f"{k} {v:.2f} s" for k, v in document["startup_s"].items())
         + ".",
     ]
+    lines += [f"- {name}: {about}." for name, about in document.get("peers", {}).items()]
     if document["skipped"]:
         lines += ["- Skipped: " + "; ".join(document["skipped"]) + "."]
     lines += ["", "### Targets", "", targets_text(targets, markdown=True), ""]

@@ -56,6 +56,7 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = None
     ready_path: str = "/readyz"
+    about: str = ""  # a peer's own packages, for the report
 
     @property
     def url(self) -> str:
@@ -156,7 +157,25 @@ def make_pytriton_server(
     # Triton reports itself ready before PyTriton has bound the models: wait for the last one
     role, _ = decode_part(repository / models[-1])
     ready = f"/v2/models/{models[-1]}.{role}/ready"
-    return Server("pytriton", cmd, env, grpc_port=grpc_port, ready_path=ready)
+    server = Server("pytriton", cmd, env, grpc_port=grpc_port, ready_path=ready)
+    server.about = (
+        "Triton's dynamic batcher through PyTriton, ONNX Runtime on the CPU ("
+        + (package_versions(python, ("nvidia-pytriton", "onnxruntime", "numpy")))
+        + ")"
+    )
+    return server
+
+
+def package_versions(python: Path, names: tuple[str, ...]) -> str:
+    """`name version, ...` as `python`'s environment has them."""
+    code = (
+        "import importlib.metadata as m, sys\n"
+        "for n in sys.argv[1:]:\n"
+        "    try: print(n, m.version(n))\n"
+        "    except m.PackageNotFoundError: pass"
+    )
+    out = subprocess.run([str(python), "-c", code, *names], capture_output=True, text=True)
+    return ", ".join(out.stdout.split("\n")[:-1]) or "versions unknown"
 
 
 def make_server(

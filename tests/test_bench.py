@@ -322,6 +322,7 @@ def test_pytriton_answers_the_same_protocol_requests(repository: Path, tmp_path:
             r = runs[(system, workload)]
             assert r["errors"] == 0 and r["requests"] > 5, r
     assert any("PyTriton" in t["name"] for t in doc["targets"])
+    assert "nvidia-pytriton 0.7.0" in doc["peers"]["pytriton"]
     # and answers with the graph's values
     server = make_server("pytriton", repository, ["digits-vae"], {}).start()
     try:

@@ -18,6 +18,7 @@ from training.debias import (
     restyle,
     restyled,
     save_weights,
+    train_debiased,
 )
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -133,3 +134,14 @@ def test_cli_calibrate(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "reconstruction: threshold" in result.output and "p95" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("vae_sees", ["uniform", "resampled"])
+def test_debiased_training_draws_the_rare_style_more_often(vae_sees: str) -> None:
+    digits = load_digits(seed=0, flat=False)
+    biased, rare = biased_split(digits.train, 0.05, seed=0, style="invert")
+    result = train_debiased(biased, epochs=3, seed=0, progress=False, vae_sees=vae_sees)  # type: ignore[arg-type]
+    w = result.weights
+    assert w.shape == (len(biased.x),) and w.sum() == pytest.approx(1.0)
+    assert w[rare].sum() > 2 * rare.mean(), (w[rare].sum(), rare.mean())

@@ -329,6 +329,9 @@ def debias(
     bins: int = 10,
     alpha: float = 0.5,
     combine: Annotated[str, typer.Option(help="product | max")] = "product",
+    uniform_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="share of the sampling mass kept uniform")
+    ] = 0.5,
     seed: int = 0,
 ) -> None:
     """Train a classifier with DB-VAE resampling and write the final per-example weights."""
@@ -345,6 +348,7 @@ def debias(
         alpha,
         "product" if combine == "product" else "max",
         seed=seed,
+        uniform_share=uniform_share,
     )
     typer.echo(
         f"weights for {len(result.weights)} training examples: {save_weights(out, result.weights)}"
@@ -356,7 +360,9 @@ def experiment(
     name: Annotated[str, typer.Argument(help="one-class | debias")],
     dataset: Dataset = "mnist",
     data_dir: DataDir = None,
-    epochs: int = 20,
+    epochs: Annotated[
+        int | None, typer.Option(help="training epochs (default: one-class 20, debias 3)")
+    ] = None,
     rare_fraction: float = 0.015,
     arch: Annotated[str, typer.Option(help="mlp | conv (one-class models)")] = "mlp",
     latent_dim: int = 16,
@@ -364,6 +370,14 @@ def experiment(
         str, typer.Option(help="debias: the rare style, invert | thicken | mirror")
     ] = "invert",
     alpha: Annotated[float, typer.Option(help="debias: density smoothing")] = 0.5,
+    vae_data: Annotated[
+        str,
+        typer.Option(help="debias: batches the VAE learns from, uniform | resampled"),
+    ] = "uniform",
+    uniform_share: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="debias: share of the sampling mass kept uniform"),
+    ] = 0.5,
     seed: int = 0,
 ) -> None:
     """Run an experiment of docs/evaluation.md and print its table (JSON)."""
@@ -374,6 +388,7 @@ def experiment(
 
     splits = _load_data(dataset, data_dir, seed=seed, flat=False)
     if name == "one-class":
+        epochs = 20 if epochs is None else epochs
         rows = one_class_table(splits, epochs=epochs, latent_dim=latent_dim, seed=seed, arch=arch)
         typer.echo(json.dumps(rows, indent=2))
         for method in next(iter(rows.values())):
@@ -384,7 +399,18 @@ def experiment(
         if style not in styles:
             raise typer.BadParameter(f"style must be one of {', '.join(styles)}")
         chosen = styles[style]
-        results = debias_experiment(splits, rare_fraction, epochs, seed, chosen, alpha)
+        if vae_data not in ("uniform", "resampled"):
+            raise typer.BadParameter("vae-data must be uniform or resampled")
+        results = debias_experiment(
+            splits,
+            rare_fraction,
+            3 if epochs is None else epochs,
+            seed,
+            chosen,
+            alpha,
+            "uniform" if vae_data == "uniform" else "resampled",
+            uniform_share,
+        )
         typer.echo(json.dumps(results, indent=2))
     else:
         raise typer.BadParameter("name must be one-class or debias")

@@ -11,7 +11,14 @@ import numpy as np
 from training.classifier import predict, train_classifier
 from training.config import ModelConfig, TrainConfig
 from training.data import Splits
-from training.debias import Style, biased_split, effective_sample_size, restyled, train_debiased
+from training.debias import (
+    Style,
+    VaeData,
+    biased_split,
+    effective_sample_size,
+    restyled,
+    train_debiased,
+)
 from training.evaluate import one_class_auroc
 from training.export import export_checkpoint
 from training.train import load_checkpoint, train
@@ -54,6 +61,8 @@ def debias_experiment(
     seed: int = 0,
     style: Style = "invert",
     alpha: float = 0.5,
+    vae_sees: VaeData = "uniform",
+    uniform_share: float = 0.5,
 ) -> dict[str, dict[str, float]]:
     """Classifiers on a training set where `style` (inverted, thickened or mirrored digits) is
     `rare_fraction` of the examples, with and without DB-VAE resampling, tested on the normal and
@@ -67,7 +76,15 @@ def debias_experiment(
 
     results: dict[str, dict[str, float]] = {}
     plain = train_classifier(biased, epochs=epochs, seed=seed, progress=False)
-    debiased = train_debiased(biased, epochs=epochs, alpha=alpha, seed=seed, progress=False)
+    debiased = train_debiased(
+        biased,
+        epochs=epochs,
+        alpha=alpha,
+        seed=seed,
+        progress=False,
+        vae_sees=vae_sees,
+        uniform_share=uniform_share,
+    )
     for name, clf in (("uniform sampling", plain), ("DB-VAE resampling", debiased.classifier)):
         results[name] = {
             "accuracy_overall": accuracy(clf, splits.test.x, splits.test.y),
