@@ -41,23 +41,24 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def run_bench(repository: Path, out: Path, *options: str) -> int:
+    """`python -m bench` on the test repository, JSON to `out`, no plot."""
+    models = ["--models", str(repository), "--vae-model", "digits-vae", "--gan-model", "tiny-gan"]
+    return main([*models, "--json", str(out), "--no-plot", *options])
+
+
 @pytest.mark.e2e
 def test_quick_run_measures_every_system_and_workload(repository: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    code = main(
-        [
-            "--models", str(repository),
-            "--vae-model", "digits-vae",
-            "--gan-model", "tiny-gan",
-            "--workloads", ",".join(WORKLOADS),
-            "--concurrency", "1,8",
-            "--duration", "0.2",
-            "--warmup", "0.05",
-            "--json", str(out),
-            "--no-docs",
-            "--no-plot",
-            "--loadgen", "aiohttp",  # wrk's windows are whole seconds: tests/test_bench_wrk
-        ]
+    code = run_bench(
+        repository,
+        out,
+        "--workloads", ",".join(WORKLOADS),
+        "--concurrency", "1,8",
+        "--duration", "0.2",
+        "--warmup", "0.05",
+        "--no-docs",
+        "--loadgen", "aiohttp",  # wrk's windows are whole seconds: tests/test_bench_wrk
     )  # fmt: skip
     assert code == 0
     doc = json.loads(out.read_text())
@@ -90,23 +91,19 @@ def test_front_doors_run_side_by_side_into_their_own_docs_section(
         "# Benchmarks\n\nprose\n\n<!-- bench:results:start -->\nkept\n<!-- bench:results:end -->\n"
     )
     out = tmp_path / "oip.json"
-    code = main(
-        [
-            "--models", str(repository),
-            "--vae-model", "digits-vae",
-            "--workloads", "oip",
-            "--systems", "service,naive,inprocess",
-            "--concurrency", "1,4",
-            "--duration", "0.2",
-            "--warmup", "0.05",
-            "--rounds", "2",
-            "--interleave-workloads",
-            "--section", "oip",
-            "--json", str(out),
-            "--docs", str(docs),
-            "--no-plot",
-            "--loadgen", "aiohttp",
-        ]
+    code = run_bench(
+        repository,
+        out,
+        "--workloads", "oip",
+        "--systems", "service,naive,inprocess",
+        "--concurrency", "1,4",
+        "--duration", "0.2",
+        "--warmup", "0.05",
+        "--rounds", "2",
+        "--interleave-workloads",
+        "--section", "oip",
+        "--docs", str(docs),
+        "--loadgen", "aiohttp",
     )  # fmt: skip
     assert code == 0
     doc = json.loads(out.read_text())
@@ -230,20 +227,16 @@ def test_the_bare_server_answers_with_the_service_sizes(repository: Path) -> Non
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 def test_wrk_drives_the_service_and_the_http_limit(repository: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    code = main(
-        [
-            "--models", str(repository),
-            "--vae-model", "digits-vae",
-            "--workloads", "decode-vae-n1-json",
-            "--systems", "service,bare",
-            "--concurrency", "4",
-            "--duration", "1",
-            "--warmup", "0",
-            "--loadgen", "wrk",
-            "--json", str(out),
-            "--no-docs",
-            "--no-plot",
-        ]
+    code = run_bench(
+        repository,
+        out,
+        "--workloads", "decode-vae-n1-json",
+        "--systems", "service,bare",
+        "--concurrency", "4",
+        "--duration", "1",
+        "--warmup", "0",
+        "--loadgen", "wrk",
+        "--no-docs",
     )  # fmt: skip
     assert code == 0
     doc = json.loads(out.read_text())
@@ -297,21 +290,16 @@ def test_pytriton_serves_the_graph_behind_decode_under_the_oip_name(
 def test_pytriton_answers_the_same_protocol_requests(repository: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     workloads = ("n1-oip-json", "n64-oip-binary", "n64-grpc", "n1-json")
-    code = main(
-        [
-            "--models", str(repository),
-            "--vae-model", "digits-vae",
-            "--gan-model", "tiny-gan",
-            "--workloads", ",".join(f"decode-vae-{w}" for w in workloads),
-            "--systems", "service,pytriton",
-            "--concurrency", "4",
-            "--duration", "0.5",
-            "--warmup", "0",
-            "--loadgen", "aiohttp",
-            "--json", str(out),
-            "--no-docs",
-            "--no-plot",
-        ]
+    code = run_bench(
+        repository,
+        out,
+        "--workloads", ",".join(f"decode-vae-{w}" for w in workloads),
+        "--systems", "service,pytriton",
+        "--concurrency", "4",
+        "--duration", "0.5",
+        "--warmup", "0",
+        "--loadgen", "aiohttp",
+        "--no-docs",
     )  # fmt: skip
     assert code == 0
     doc = json.loads(out.read_text())
