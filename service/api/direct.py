@@ -35,12 +35,11 @@ ErrorResponse = Callable[[Exception], Response]
 
 @dataclass(frozen=True)
 class DirectRoute:
-    """A route dispatched directly: its endpoint, its error renderer (the route class's
-    `error_response`, e.g. the Open Inference Protocol's shape, else ours), and the optional
-    string query parameters FastAPI would pass it, with their defaults."""
+    """A route dispatched directly: its error renderer (the route class's `error_response`, e.g.
+    the Open Inference Protocol's shape, else ours), and the optional string query parameters
+    FastAPI would pass its endpoint, with their defaults."""
 
     route: APIRoute
-    endpoint: Endpoint
     error_response: ErrorResponse
     query: tuple[tuple[str, object], ...]
 
@@ -61,7 +60,7 @@ def direct_route(route: APIRoute) -> DirectRoute:
     if any(f.field_info.is_required() for f in dependant.query_params):
         raise ValueError(f"{where} optional query parameters only")
     error_response: ErrorResponse = getattr(route, "error_response", response_for)
-    return DirectRoute(route, route.endpoint, error_response, query)
+    return DirectRoute(route, error_response, query)
 
 
 class DirectRoutes:
@@ -110,7 +109,8 @@ class DirectRoutes:
             if direct.query:
                 query = request.query_params
                 kwargs.update((name, query.get(name, default)) for name, default in direct.query)
-            response = await direct.endpoint(request, **kwargs)
+            endpoint: Endpoint = direct.route.endpoint
+            response = await endpoint(request, **kwargs)
         except Exception as exc:  # every error, our own or not, becomes the route's error body
             response = direct.error_response(exc)
         await response(scope, receive, send)
