@@ -21,7 +21,7 @@ from typing import Any
 
 from bench import report, wrk
 from bench.bare_server import response_sizes
-from bench.inprocess import Ceiling
+from bench.inprocess import Ceiling, ceiling_config
 from bench.loadgen import StepResult, run_grpc_step, run_step
 from bench.servers import (
     DEFAULT_SYSTEMS,
@@ -117,13 +117,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="processes per latentserve server (`serve --workers`); 0: the server's default "
         "for this host (one per usable core on a CPU host)",
     )
+    p.add_argument(
+        "--providers",
+        default="cpu",
+        help="execution providers of latentserve and the in-process ceiling, in order (cpu; "
+        "cuda for the GPU, where a GPU provider must load or the run stops)",
+    )
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="serve and call each part's fp16 copy (models without one are refused)",
+    )
     args = p.parse_args(argv)
+    args.providers = tuple(x.strip() for x in args.providers.split(",") if x.strip())
+    unknown_providers = set(args.providers) - {"cpu", "cuda", "tensorrt"}
+    if unknown_providers or not args.providers:
+        p.error(f"--providers: choose from cpu, cuda, tensorrt, got {args.providers}")
     conc = args.concurrency or ",".join(
         map(str, QUICK_CONCURRENCY if args.quick else DEFAULT_CONCURRENCY)
     )
     args.concurrency = tuple(int(c) for c in conc.split(","))
     if args.service_workers == 0:
-        args.service_workers = default_service_workers()
+        args.service_workers = default_service_workers(args.providers)
     args.duration = args.duration or (0.3 if args.quick else 1.0)
     args.warmup = args.warmup if args.warmup is not None else (0.1 if args.quick else 0.3)
     args.systems = tuple(s for s in args.systems.split(",") if s)
@@ -162,7 +177,9 @@ def select_workloads(spec: str | None) -> tuple[Workload, ...]:
 async def sweep(
     args: argparse.Namespace, prepared: list[Prepared], servers: dict[str, Server]
 ) -> list[StepResult]:
-    ceiling = Ceiling(args.models) if "inprocess" in args.systems else None
+    ceiling = None
+    if "inprocess" in args.systems:
+        ceiling = Ceiling(args.models, ceiling_config(args.providers, args.fp16))
     results: list[StepResult] = []
     if args.interleave_workloads:
         steps = [(p, c) for c in args.concurrency for p in prepared]
@@ -246,13 +263,16 @@ def main(argv: list[str] | None = None) -> int:
                         args.service_workers,
                         sizes_file,
                         args.max_batch,
+                        args.providers,
+                        args.fp16,
                     ).start()
             results = asyncio.run(sweep(args, prepared, servers))
         finally:
             for s in servers.values():
                 s.stop()
     startup = {k: round(s.startup_s, 3) for k, s in servers.items()}
-    targets = report.check_targets(results, startup)
+    gpu = any(p != "cpu" for p in args.providers)
+    targets = report.check_targets(results, startup, gpu=gpu)
     machine = report.machine_info()
     document: dict[str, Any] = {
         "meta": {
@@ -269,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "server_env": extra_env,
+            "providers": list(args.providers),
+            "fp16": args.fp16,
             "service_workers": args.service_workers,
             "loadgen": args.loadgen,
             "interleave_workloads": args.interleave_workloads,

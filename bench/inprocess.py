@@ -24,14 +24,23 @@ from service.runtime.sessions import ProviderState, SessionConfig, create_sessio
 CallFn = Callable[[], object]
 
 
+def ceiling_config(providers: tuple[str, ...] = ("cpu",), fp16: bool = False) -> SessionConfig:
+    """ONNX Runtime's own defaults (spinning threads included): the best a caller gets without an
+    HTTP server to share the cores with; on `providers`, a GPU one required to load."""
+    return SessionConfig(
+        providers=providers,
+        require_gpu=any(p != "cpu" for p in providers),
+        intra_op_spinning=True,
+        prefer_fp16=fp16,
+    )
+
+
 class Ceiling:
     """Sessions for each model, created once and reused across workloads."""
 
     def __init__(self, repository: Path, config: SessionConfig | None = None) -> None:
         self.repository = repository
-        # ONNX Runtime's own defaults (spinning threads included): the best a caller gets
-        # without an HTTP server to share the cores with.
-        self.config = config or SessionConfig(providers=("cpu",), intra_op_spinning=True)
+        self.config = config or ceiling_config()
         self._sessions: dict[tuple[str, PartRole], object] = {}
         self._provider_state = ProviderState()  # one GPU fallback for all sessions, as in the app
 
@@ -39,8 +48,13 @@ class Ceiling:
         key = (p.model, role)
         if key not in self._sessions:
             part = p.manifest.parts[role]
+            path = part.path
+            if self.config.prefer_fp16:
+                if part.fp16_path is None:
+                    raise SystemExit(f"--fp16: {p.model}'s {role.value} has no fp16 copy")
+                path = part.fp16_path
             self._sessions[key] = create_session(
-                self.repository / p.model / part.path, self.config, self._provider_state
+                self.repository / p.model / path, self.config, self._provider_state
             )
         return self._sessions[key]
 

@@ -114,11 +114,12 @@ class Server:
         return out
 
 
-def default_service_workers() -> int:
-    """The worker count `serve` picks on this host for the CPU provider the servers here use."""
-    from service.hosts import default_workers, usable_cpus
+def default_service_workers(providers: tuple[str, ...] = ("cpu",)) -> int:
+    """The worker count `serve` picks on this host for the providers the servers here use."""
+    from service.hosts import default_workers, gpu_visible, usable_cpus
 
-    return default_workers(["cpu"], usable_cpus(), gpu=False)
+    gpu = any(p != "cpu" for p in providers) and gpu_visible()
+    return default_workers(list(providers), usable_cpus(), gpu=gpu)
 
 
 def pytriton_python() -> Path | None:
@@ -186,7 +187,12 @@ def make_server(
     workers: int = 1,
     sizes_file: Path | None = None,
     max_batch: int = 256,
+    providers: tuple[str, ...] = ("cpu",),
+    fp16: bool = False,
 ) -> Server:
+    """A system's server, not yet started. latentserve runs on `providers` (a GPU one required to
+    load, so a run meant for the GPU never measures the CPU fallback) and, with `fp16`, serves
+    the manifests' fp16 copies."""
     env = {**os.environ, **extra_env}
     if system == "pytriton":
         return make_pytriton_server(repository, models, env, max_batch)
@@ -203,7 +209,9 @@ def make_server(
         {
             "LATENTSERVE_MODEL_REPOSITORY": str(repository),
             "LATENTSERVE_DEFAULT_MODEL": models[0],
-            "LATENTSERVE_PROVIDERS": "cpu",
+            "LATENTSERVE_PROVIDERS": ",".join(providers),
+            "LATENTSERVE_REQUIRE_GPU": "true" if any(p != "cpu" for p in providers) else "false",
+            "LATENTSERVE_PREFER_FP16": "true" if fp16 else "false",
             "LATENTSERVE_BATCHING": "false" if system == "service-nobatch" else "true",
             "LATENTSERVE_GRPC_PORT": str(grpc_port),
         }

@@ -140,6 +140,8 @@ def train(
     resume: bool = False,
 ) -> None:
     """Train a model and write OUT/checkpoint.pt after every epoch."""
+    import torch
+
     from training.config import ModelConfig, TrainConfig
     from training.gan import train_gan
     from training.train import train as run_training
@@ -184,6 +186,9 @@ def train(
     else:
         path = run_training(model_cfg, train_cfg, out, splits=splits, resume=resume)
     typer.echo(f"checkpoint: {path}")
+    metrics = torch.load(path, map_location="cpu", weights_only=True).get("metrics", {})
+    if "epoch_s" in metrics:
+        typer.echo(f"last epoch: {metrics['epoch_s']:.2f} s on {train_cfg.device}")
 
 
 @app.command()
@@ -232,6 +237,18 @@ def export(
         write_sample_grid(out)
     write_card(out, manifest, reproduce=reproduce_commands(ckpt, out))
     typer.echo(f"exported {manifest.name} to {out}")
+
+
+@app.command()
+def fp16(model_dirs: list[Path]) -> None:
+    """Add fp16 copies of every part to exported model folders (served on GPUs with
+    LATENTSERVE_PREFER_FP16=true; inputs and outputs stay float32)."""
+    from training.export import add_fp16_copies
+
+    for model_dir in model_dirs:
+        manifest = add_fp16_copies(model_dir)
+        names = ", ".join(p.fp16_path or "" for p in manifest.parts.values())
+        typer.echo(f"{manifest.name}: {names}")
 
 
 @app.command()

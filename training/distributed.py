@@ -1,13 +1,16 @@
 """Multi-process data parallelism: `torchrun --nproc_per_node N -m training train ...`.
 
-torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; with WORLD_SIZE > 1 each process trains a
-DistributedDataParallel replica on its shard of every epoch (NCCL on GPUs, gloo on CPUs), and
-rank 0 alone evaluates and writes checkpoints. Without torchrun nothing here changes anything.
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; each process it starts joins a process group
+(NCCL on GPUs, gloo on CPUs) and trains a DistributedDataParallel replica on its shard of every
+epoch, and rank 0 alone evaluates and writes checkpoints. One process under torchrun
+(`--nproc_per_node 1`) still joins its group of one, so a single-GPU machine runs the same NCCL
+path a multi-GPU one does. Without torchrun nothing here changes anything.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -19,10 +22,11 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by torchrun: in a process group, however small
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.launched
 
     @property
     def is_main(self) -> bool:
@@ -31,13 +35,22 @@ class DistContext:
 
 def setup(device: str) -> tuple[DistContext, torch.device]:
     """Join the process group torchrun describes (if any) and pick this process's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        # refused, not quietly trained on the CPU: a run asked for the GPU to measure or use it
+        raise RuntimeError(f"--device {device}: PyTorch sees no CUDA device here")
+    if not all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
         return DistContext(), torch.device(device)
-    ctx = DistContext(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    use_cuda = device.startswith("cuda") and torch.cuda.is_available()
+    ctx = DistContext(
+        int(os.environ["RANK"]),
+        int(os.environ["WORLD_SIZE"]),
+        int(os.environ.get("LOCAL_RANK", "0")),
+        launched=True,
+    )
+    use_cuda = device.startswith("cuda")
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        if ctx.is_main:  # said once, so a run's log shows which collective backend trained it
+            sys.stderr.write(f"process group: {dist.get_backend()}, world size {ctx.world_size}\n")
     if use_cuda:
         torch.cuda.set_device(ctx.local_rank)
         return ctx, torch.device("cuda", ctx.local_rank)

@@ -96,6 +96,23 @@ def write_fp16_copy(path: Path) -> Path:
     return out
 
 
+def add_fp16_copies(model_dir: Path) -> Manifest:
+    """Write an fp16 copy of every part of an exported model folder and list it in the manifest
+    (for `LATENTSERVE_PREFER_FP16` on GPUs); the fp32 graphs and everything else stay as they
+    were. Converting the exported graph, not re-exporting the checkpoint, keeps the fp32 graph
+    the copy came from byte for byte."""
+    manifest = Manifest.load(model_dir)
+    parts = {}
+    for role, part in manifest.parts.items():
+        fp16_path = write_fp16_copy(model_dir / part.path)
+        parts[role] = part.model_copy(
+            update={"fp16_path": fp16_path.name, "fp16_sha256": sha256_file(fp16_path)}
+        )
+    manifest = manifest.model_copy(update={"parts": parts})
+    manifest.save(model_dir)
+    return manifest
+
+
 def _spec(name: str, shape: tuple[int, ...], dtype: str = "float32") -> TensorSpec:
     return TensorSpec.model_validate({"name": name, "shape": [None, *shape], "dtype": dtype})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,9 @@ def evaluate_loss(model: VAE, split: Split, batch_size: int = 512) -> dict[str, 
     torch.manual_seed(0)
     totals: dict[str, float] = {}
     n = 0
+    device = next(model.parameters()).device
     for x, y in _loader(split, batch_size, shuffle=False, seed=0):
-        _, parts = _step(model, x, y)
+        _, parts = _step(model, x.to(device), y.to(device))
         for k, v in parts.items():
             totals[k] = totals.get(k, 0.0) + v * len(x)
         n += len(x)
@@ -177,18 +179,22 @@ def train(
         model.train()
         loader = _loader(train_split, train_cfg.batch_size, True, train_cfg.seed + epoch, ctx)
         batches = batch_bar(loader, epoch, train_cfg.epochs, show)
+        started = time.perf_counter()
         for x, y in batches:
+            x, y = x.to(device), y.to(device)
             if train_cfg.binarize:
                 x = torch.bernoulli(x)
-            loss, parts = _step(model, x.to(device), y.to(device), forward)
+            loss, parts = _step(model, x, y, forward)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             batches.set_postfix(loss=f"{parts['loss']:.2f}", refresh=False)
+        epoch_s = time.perf_counter() - started  # each step's .item() waited for the device
         if ctx.is_main:
             val = binarized(splits.val, seed=0) if train_cfg.binarize else splits.val
             metrics = {f"val_{k}": v for k, v in evaluate_loss(model, val).items()}
             metrics["train_loss"] = parts["loss"]
+            metrics["epoch_s"] = epoch_s
             bar.set_postfix(
                 train_loss=f"{metrics['train_loss']:.2f}", val_loss=f"{metrics['val_loss']:.2f}"
             )

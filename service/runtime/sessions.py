@@ -70,6 +70,10 @@ def _provider_list(cfg: SessionConfig) -> list[str | tuple[str, dict[str, Any]]]
             opts: dict[str, Any] = {
                 "device_id": cfg.cuda_device_id,
                 "cudnn_conv_algo_search": cfg.cudnn_conv_algo_search,
+                # ORT runs fp32 convolutions and matrix products in TF32 on Ampere and later
+                # unless told not to: about 1e-3 relative error, where a served fp32 model must
+                # match its CPU outputs; the fp16 copies are the fast, less exact choice.
+                "use_tf32": "0",
                 **cfg.extra_cuda_options,
             }
             if cfg.cuda_mem_limit_bytes:

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The whole GPU check, in one run, on a machine with an NVIDIA GPU, onnxruntime-gpu and the
+# service's packages (a user's GPU box after scripts/setup.sh, or the lent machine after
+# ../shared/gpu/README.md's install). From the project root:
+#
+#   scripts/gpu-check.sh OUT_DIR [MNIST_DIR]
+#
+#   1. env       nvidia-smi, package versions, ONNX Runtime's providers
+#   2. tests     pytest -m gpu: every bundled part on CUDAExecutionProvider against the CPU
+#                (fp32 and fp16 copies), the app and a real server with LATENTSERVE_REQUIRE_GPU
+#   3. options   bench.gpu_options: cuDNN search, TF32, fp16, IO binding, CUDA graphs, in-process
+#   4. bench     python -m bench on the GPU: decoder, generator and scorer, n = 1 and 64,
+#                c = 1..256, beside in-process CUDA EP; fp32, fp16, and more service workers
+#   5. training  the conv VAE and the DCGAN for one epoch on cuda, and a one-process torchrun
+#                (NCCL); seconds per epoch (skipped without MNIST_DIR)
+#
+# Every step has its own time limit and its own log under OUT_DIR, and a failing step does not
+# stop the next. With $GPU_CHECK_TAR set, OUT_DIR is packed into that file after every step (the
+# lent machine returns only a few files, and only what exists when a call ends).
+set -uo pipefail
+out=${1:?usage: scripts/gpu-check.sh OUT_DIR [MNIST_DIR]}
+mnist=${2:-}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+export PYTHONUNBUFFERED=1
+summary="$out/summary.txt"
+: >"$summary"
+
+pack() {
+  if [ -n "${GPU_CHECK_TAR:-}" ]; then
+    tar czf "$GPU_CHECK_TAR.tmp" -C "$(dirname "$out")" "$(basename "$out")" &&
+      mv "$GPU_CHECK_TAR.tmp" "$GPU_CHECK_TAR"
+  fi
+}
+
+# step NAME LIMIT_S COMMAND...: run with a time limit, log to OUT/NAME.log, record the outcome.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  echo "=== $name (limit ${limit}s): $*"
+  timeout --kill-after=10 "$limit" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$summary"
+  tail -n "${GPU_CHECK_TAIL:-15}" "$out/$name.log"
+  pack
+  return 0
+}
+
+env_report() {
+  nvidia-smi
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  $py - <<'PY'
+import platform
+from importlib import metadata
+
+import onnxruntime as ort
+
+print("python", platform.python_version())
+for name in ("onnxruntime-gpu", "onnxruntime", "torch", "numpy", "fastapi", "uvicorn",
+             "nvidia-cudnn-cu13", "nvidia-cublas", "nvidia-cuda-runtime"):
+    try:
+        print(name, metadata.version(name))
+    except metadata.PackageNotFoundError:
+        print(name, "-")
+ort.preload_dlls()
+print("providers", ort.get_available_providers())
+try:
+    import torch
+
+    print("torch cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version(),
+          "device", torch.cuda.get_device_name(0))
+except Exception as exc:  # the report goes on without torch
+    print("torch:", exc)
+PY
+}
+
+export -f env_report
+export py
+step env 60 bash -c env_report
+
+export LATENTSERVE_GPU_REPORT="$out/gpu-errors.jsonl"
+step tests 240 $py -m pytest tests/test_gpu.py -m gpu -q -rs -p no:cacheprovider ${GPU_CHECK_PYTEST_ARGS:-}
+unset LATENTSERVE_GPU_REPORT
+
+
+cp docs/benchmarks.md "$out/benchmarks.md"
+bench=($py -m bench --providers cuda --systems service,inprocess --no-plot
+  --docs "$out/benchmarks.md" --duration "${GPU_CHECK_DURATION:-1}" --warmup 0.3)
+workloads=decode-vae-n1-json,decode-vae-n64-npy,sample-gan-n1-json,sample-gan-n64-npy
+workloads+=,anomaly-vae-n1-npy,anomaly-vae-n64-npy
+step bench-fp32 150 "${bench[@]}" --workloads "$workloads" --concurrency 1,16,64,256 \
+  --service-workers 1 --section gpu-fp32 --json "$out/bench-gpu-fp32.json"
+
+if [ -n "$mnist" ]; then
+  runs="${TMPDIR:-/tmp}/gpu-check-runs"
+  train=(-m training train --dataset mnist --data-dir "$mnist" --epochs 1 --batch-size 128
+    --seed 0 --device cuda)
+  vae=(--model vae --arch conv --binarize --latent-dim 32 --hidden 32 --lr 0.001)
+  gan=(--model gan --arch conv --latent-dim 64 --hidden 32 --lr 0.0002)
+  step train-vae-cuda 120 $py "${train[@]}" "${vae[@]}" --out "$runs/vae"
+  step train-gan-cuda 120 $py "${train[@]}" "${gan[@]}" --out "$runs/gan"
+  step train-vae-torchrun 120 $py -m torch.distributed.run --standalone --nproc_per_node 1 \
+    "${train[@]}" "${vae[@]}" --out "$runs/vae-ddp"
+  rm -rf "$runs"
+fi
+
+step options 150 $py -m bench.gpu_options --seconds 0.3 --json "$out/gpu-options.json"
+
+fp16_models="${TMPDIR:-/tmp}/gpu-check-models-fp16"
+rm -rf "$fp16_models" && cp -r models "$fp16_models"
+step fp16-copies 120 $py -m training fp16 "$fp16_models"/*
+step bench-fp16 150 "${bench[@]}" --models "$fp16_models" --fp16 --workloads "$workloads" \
+  --concurrency 1,16,64,256 --service-workers 1 --section gpu-fp16 \
+  --json "$out/bench-gpu-fp16.json"
+rm -rf "$fp16_models"
+
+step bench-workers 90 "${bench[@]}" --systems service \
+  --workloads decode-vae-n64-npy,sample-gan-n64-npy,anomaly-vae-n64-npy \
+  --concurrency 64,256 --service-workers 4 --section gpu-workers \
+  --json "$out/bench-gpu-workers.json"
+
+
+echo "=== summary"
+cat "$summary"
+grep -h "last epoch\|process group" "$out"/train-*.log 2>/dev/null
+pack
