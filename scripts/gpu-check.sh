@@ -8,11 +8,13 @@
 #   1. env       nvidia-smi, package versions, ONNX Runtime's providers
 #   2. tests     pytest -m gpu: every bundled part on CUDAExecutionProvider against the CPU
 #                (fp32 and fp16 copies), the app and a real server with LATENTSERVE_REQUIRE_GPU
-#   3. options   bench.gpu_options: cuDNN search, TF32, fp16, IO binding, CUDA graphs, in-process
-#   4. bench     python -m bench on the GPU: decoder, generator and scorer, n = 1 and 64,
-#                c = 1..256, beside in-process CUDA EP; fp32, fp16, and more service workers
-#   5. training  the conv VAE and the DCGAN for one epoch on cuda, and a one-process torchrun
+#   3. training  the conv VAE and the DCGAN for one epoch on cuda, and a one-process torchrun
 #                (NCCL); seconds per epoch (skipped without MNIST_DIR)
+#   4. options   bench.gpu_options: cuDNN search, TF32, fp16, IO binding, CUDA graphs, in-process
+#   5. tune      bench.gpu_tune: service settings (cuDNN search, ORT threads, inline batches,
+#                workers) compared, the winner benchmarked in full beside in-process CUDA EP:
+#                decoder, generator and scorer, n = 1 and 64, c = 1..256
+#   6. fp16      the same benchmark on the fp16 copies, with the server's defaults
 #
 # Every step has its own time limit and its own log under OUT_DIR, and a failing step does not
 # stop the next. With $GPU_CHECK_TAR set, OUT_DIR is packed into that file after every step (the
@@ -85,14 +87,6 @@ step tests 240 $py -m pytest tests/test_gpu.py -m gpu -q -rs -p no:cacheprovider
 unset LATENTSERVE_GPU_REPORT
 
 
-cp docs/benchmarks.md "$out/benchmarks.md"
-bench=($py -m bench --providers cuda --systems service,inprocess --no-plot
-  --docs "$out/benchmarks.md" --duration "${GPU_CHECK_DURATION:-1}" --warmup 0.3)
-workloads=decode-vae-n1-json,decode-vae-n64-npy,sample-gan-n1-json,sample-gan-n64-npy
-workloads+=,anomaly-vae-n1-npy,anomaly-vae-n64-npy
-step bench-fp32 150 "${bench[@]}" --workloads "$workloads" --concurrency 1,16,64,256 \
-  --service-workers 1 --section gpu-fp32 --json "$out/bench-gpu-fp32.json"
-
 if [ -n "$mnist" ]; then
   runs="${TMPDIR:-/tmp}/gpu-check-runs"
   train=(-m training train --dataset mnist --data-dir "$mnist" --epochs 1 --batch-size 128
@@ -106,21 +100,27 @@ if [ -n "$mnist" ]; then
   rm -rf "$runs"
 fi
 
-step options 150 $py -m bench.gpu_options --seconds 0.3 --json "$out/gpu-options.json"
-
 fp16_models="${TMPDIR:-/tmp}/gpu-check-models-fp16"
 rm -rf "$fp16_models" && cp -r models "$fp16_models"
 step fp16-copies 120 $py -m training fp16 "$fp16_models"/*
-step bench-fp16 150 "${bench[@]}" --models "$fp16_models" --fp16 --workloads "$workloads" \
-  --concurrency 1,16,64,256 --service-workers 1 --section gpu-fp16 \
+step options 150 $py -m bench.gpu_options --models "$fp16_models" --seconds 0.3 \
+  --json "$out/gpu-options.json"
+
+# The service settings compared one at a time, then the winner in full beside in-process CUDA
+# EP: docs/benchmarks.md's GPU section (copied back from $out/benchmarks.md).
+cp docs/benchmarks.md "$out/benchmarks.md"
+step tune 420 $py -m bench.gpu_tune --out "$out/tune" --docs "$out/benchmarks.md" \
+  --duration "${GPU_CHECK_DURATION:-1}"
+
+# fp16 copies with the server's defaults for this host.
+workloads=decode-vae-n1-json,decode-vae-n64-npy,sample-gan-n1-json,sample-gan-n64-npy
+workloads+=,anomaly-vae-n1-npy,anomaly-vae-n64-npy
+step bench-fp16 180 $py -m bench --providers cuda --systems service,inprocess --no-plot \
+  --models "$fp16_models" --fp16 --docs "$out/benchmarks.md" --section gpu-fp16 \
+  --workloads "$workloads" \
+  --concurrency 1,16,64,256 --duration "${GPU_CHECK_DURATION:-1}" --warmup 0.3 \
   --json "$out/bench-gpu-fp16.json"
 rm -rf "$fp16_models"
-
-step bench-workers 90 "${bench[@]}" --systems service \
-  --workloads decode-vae-n64-npy,sample-gan-n64-npy,anomaly-vae-n64-npy \
-  --concurrency 64,256 --service-workers 4 --section gpu-workers \
-  --json "$out/bench-gpu-workers.json"
-
 
 echo "=== summary"
 cat "$summary"

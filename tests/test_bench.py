@@ -9,6 +9,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -332,3 +333,66 @@ def test_pytriton_answers_the_same_protocol_requests(repository: Path, tmp_path:
     np.testing.assert_allclose(
         np.asarray(out_tensor["data"]).reshape(expected.shape), expected, rtol=1e-5, atol=1e-6
     )
+
+
+def test_a_gpu_run_asks_every_system_for_the_gpu_and_holds_the_gpu_goal() -> None:
+    """`--providers cuda` must never measure the CPU fallback: the servers are told to refuse
+    it and the ceiling's sessions too; `--fp16` serves and calls the fp16 copies; on a GPU the
+    64-row target of every route, the scorer's too, is the GPU issue's 0.7x."""
+    from bench.inprocess import ceiling_config
+
+    server = make_server("service", MODELS, ["digits-vae"], {}, providers=("cuda",), fp16=True)
+    assert server.env["LATENTSERVE_PROVIDERS"] == "cuda"
+    assert server.env["LATENTSERVE_REQUIRE_GPU"] == "true"
+    assert server.env["LATENTSERVE_PREFER_FP16"] == "true"
+    cpu = make_server("service", MODELS, ["digits-vae"], {})
+    assert cpu.env["LATENTSERVE_PROVIDERS"] == "cpu"
+    assert cpu.env["LATENTSERVE_REQUIRE_GPU"] == "false"
+    cfg = ceiling_config(("cuda",), fp16=True)
+    assert cfg.require_gpu and cfg.prefer_fp16 and cfg.providers == ("cuda",)
+    assert not ceiling_config().require_gpu
+
+    results = [
+        _step("service", "anomaly-vae-n64-npy", 64, 64, 75, 50.0),
+        _step("inprocess", "anomaly-vae-n64-npy", 1, 64, 100, 5.0),
+    ]
+    assert not [t for t in check_targets(results, {}) if "vs in-process at batch" in t.name]
+    (gpu,) = [t for t in check_targets(results, {}, gpu=True) if "vs in-process" in t.name]
+    assert gpu.goal == ">= 0.7x samples/s" and gpu.measured.endswith("= 0.75x") and gpu.met
+
+
+def test_a_gpu_run_says_which_gpu_and_providers_in_the_docs() -> None:
+    from bench.report import gpu_lines
+
+    meta: dict[str, Any] = {"machine": {"gpu": {}}, "providers": ["cpu"]}
+    assert gpu_lines(meta) == []
+    meta = {
+        "machine": {
+            "gpu": {"name": "NVIDIA H200", "memory": "143771 MiB", "driver": "580", "cuda": "13.0"}
+        },
+        "providers": ["cuda"],
+        "fp16": True,
+        "service_workers": 8,
+    }
+    assert gpu_lines(meta) == [
+        "- Providers: cuda; fp16 copies; 8 service worker(s).",
+        "- GPU: NVIDIA H200 (143771 MiB), driver 580, CUDA 13.0 (nvidia-smi).",
+    ]
+
+
+def test_gpu_tuning_spells_out_every_setting_and_ranks_by_geometric_mean(tmp_path: Path) -> None:
+    from bench.gpu_tune import VARIANTS, bench_command, score
+
+    for env, workers in VARIANTS.values():  # the table means the same whatever the defaults
+        assert {"LATENTSERVE_CUDNN_CONV_ALGO_SEARCH", "LATENTSERVE_INTRA_OP_THREADS"} <= set(env)
+        assert workers >= 1
+    cmd = bench_command(tmp_path / "x.json", {"A": "1"}, 4, "service", "w", "16", 1.0, None, "tune")
+    assert cmd[cmd.index("--providers") + 1] == "cuda" and "--no-docs" in cmd
+    assert cmd[cmd.index("--service-workers") + 1] == "4" and cmd[-2:] == ["--server-env", "A=1"]
+    rows = [
+        {"system": "service", "samples_per_s": 100.0},
+        {"system": "service", "samples_per_s": 400.0},
+        {"system": "inprocess", "samples_per_s": 1e9},  # not the service's
+    ]
+    assert score(rows) == pytest.approx(200.0)
+    assert score([*rows, {"system": "service", "samples_per_s": 0.0}]) < 100.0

@@ -32,7 +32,10 @@ pytestmark = [
 ]
 
 FP32_REL_ERR = 1e-4  # the bound; TF32 is off in the service's CUDA options
-FP16_REL_ERR = 1e-2  # fp16 copies (10-bit mantissa); the measured errors are in docs/benchmarks.md
+# fp16 copies (10-bit mantissa): each part within 2e-3 (5.9e-4 at most on an H200,
+# docs/benchmarks.md#gpu); what the app serves from them (two parts and a score) within 1e-2
+FP16_PART_REL_ERR = 2e-3
+FP16_REL_ERR = 1e-2
 BUNDLED = sorted(p.name for p in MODELS.iterdir() if (p / "model.json").is_file())
 PARTS = [(m, role) for m in BUNDLED for role in Manifest.load(MODELS / m).parts]
 BATCHES = (1, 3, 64)
@@ -119,7 +122,7 @@ def test_every_part_runs_on_cuda_and_matches_the_cpu(model: str, role: PartRole)
 def test_fp16_copies_run_on_cuda_within_their_bound(
     fp16_models: Path, model: str, role: PartRole
 ) -> None:
-    assert _compare(fp16_models, model, role, fp16=True) <= FP16_REL_ERR
+    assert _compare(fp16_models, model, role, fp16=True) <= FP16_PART_REL_ERR
 
 
 @asynccontextmanager

@@ -41,7 +41,8 @@ def test_a_gpu_is_seen_by_its_device_node(tmp_path: Path) -> None:
     ("providers", "cpus", "gpu", "expected"),
     [
         (["cuda", "cpu"], 2, False, 2),  # GPU asked for but absent: a CPU host
-        (["cuda", "cpu"], 16, True, 1),
+        (["cuda", "cpu"], 16, True, 8),  # one per two cores (measured on an H200 host)
+        (["cuda", "cpu"], 2, True, 1),
         (["cpu"], 16, True, min(16, MAX_AUTO_WORKERS)),  # the GPU is not used
         (["cpu"], 1, False, 1),
         (["cpu"], 64, False, MAX_AUTO_WORKERS),

@@ -143,3 +143,37 @@ def test_export_reads_the_cache_when_the_recorded_folder_is_not_here(
     line = _one_error_line(["export", str(checkpoint), "--out", str(out), "--data-dir", str(mine)])
     assert line.startswith(f"error: --data-dir {mine} holds none of mnist's IDX files")
     assert not out.exists()
+
+
+async def test_fp16_copies_join_an_exported_model_and_are_served(tmp_path: Path) -> None:
+    """`python -m training fp16 DIR` adds a half-precision copy of every part beside the fp32
+    graphs (left byte for byte) and lists it in the manifest, checksum included; an app with
+    PREFER_FP16 then serves the copies, close to the fp32 numbers."""
+    import shutil
+
+    import numpy as np
+
+    from service.manifest import Manifest
+    from tests.conftest import _client_for, make_settings
+
+    model = tmp_path / "digits-vae"
+    shutil.copytree(MODELS / "digits-vae", model)
+    before = Manifest.load(model)
+    result = CliRunner().invoke(training_cli, ["fp16", str(model)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "digits-vae: encoder.fp16.onnx, decoder.fp16.onnx"
+    after = Manifest.load(model)
+    for role, part in after.parts.items():
+        assert part.path == before.parts[role].path and part.sha256 == before.parts[role].sha256
+        assert part.fp16_path == f"{role.value}.fp16.onnx" and (model / part.fp16_path).is_file()
+    z = np.random.default_rng(0).standard_normal((4, 8)).tolist()
+    outputs = {}
+    for fp16 in (False, True):
+        settings = make_settings(model_repository=tmp_path, prefer_fp16=fp16)
+        async for client in _client_for(settings):
+            info = (await client.get("/models/digits-vae")).json()
+            assert info["precision"] == ("fp16" if fp16 else "fp32")
+            decoded = await client.post("/decode", json={"z": z})
+            outputs[fp16] = np.array(decoded.json()["outputs"])
+    err = np.linalg.norm(outputs[True] - outputs[False]) / np.linalg.norm(outputs[False])
+    assert 0 < err < 2e-3

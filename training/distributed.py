@@ -47,12 +47,16 @@ def setup(device: str) -> tuple[DistContext, torch.device]:
         launched=True,
     )
     use_cuda = device.startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(ctx.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        if use_cuda:  # the device named up front: barrier() need not guess it (and warn)
+            dist.init_process_group(backend="nccl", device_id=torch.device("cuda", ctx.local_rank))
+        else:
+            dist.init_process_group(backend="gloo")
         if ctx.is_main:  # said once, so a run's log shows which collective backend trained it
             sys.stderr.write(f"process group: {dist.get_backend()}, world size {ctx.world_size}\n")
     if use_cuda:
-        torch.cuda.set_device(ctx.local_rank)
         return ctx, torch.device("cuda", ctx.local_rank)
     return ctx, torch.device("cpu")
 

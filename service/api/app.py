@@ -68,6 +68,7 @@ def session_config(s: Settings) -> SessionConfig:
         extra_cuda_options=dict(s.cuda_options),
         intra_op_threads=s.intra_op_threads
         or auto_intra_op_threads(s.max_concurrent_batches, s.workers),
+        gpu_intra_op_threads=s.intra_op_threads or 1,
         inter_op_threads=s.inter_op_threads,
         intra_op_spinning=s.intra_op_spinning,
         graph_optimization=s.graph_optimization,

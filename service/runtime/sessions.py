@@ -50,8 +50,9 @@ class SessionConfig:
     require_gpu: bool = False
     cuda_device_id: int = 0
     cuda_mem_limit_bytes: int | None = None
-    cudnn_conv_algo_search: str = "EXHAUSTIVE"
+    cudnn_conv_algo_search: str = "HEURISTIC"
     intra_op_threads: int = 0  # 0 = ONNX Runtime's default (one per core)
+    gpu_intra_op_threads: int = 1  # for a session that runs on a GPU provider
     inter_op_threads: int = 1
     intra_op_spinning: bool = False  # see Settings.intra_op_spinning
     graph_optimization: str = "all"
@@ -116,8 +117,39 @@ def create_session(
     providers = _provider_list(cfg)
     if state.gpu_failed and not cfg.require_gpu:
         providers = ["CPUExecutionProvider"]
+    on_gpu = wants_gpu and providers != ["CPUExecutionProvider"]
+    session = _start(path, cfg, providers, cfg.gpu_intra_op_threads if on_gpu else None)
+    used = session.get_providers()[0]
+    if wants_gpu and used == "CPUExecutionProvider":
+        state.gpu_failed = True
+        if cfg.require_gpu:
+            raise ProviderUnavailable(
+                f"a GPU provider was required ({', '.join(cfg.providers)}) but ONNX Runtime "
+                f"could only start {used}; available: {ort.get_available_providers()}"
+            )
+        if not state.fallback_reported:
+            state.fallback_reported = True
+            log.warning(
+                "GPU execution provider requested (%s) but unavailable; running on CPU",
+                ",".join(cfg.providers),
+            )
+        if on_gpu and cfg.gpu_intra_op_threads != cfg.intra_op_threads:
+            # started with a GPU session's threads: the CPU does all the work now
+            session = _start(path, cfg, ["CPUExecutionProvider"], None)
+    return session
+
+
+def _start(
+    path: Path,
+    cfg: SessionConfig,
+    providers: list[str | tuple[str, dict[str, Any]]],
+    intra_op_threads: int | None,
+) -> ort.InferenceSession:
+    """One InferenceSession; `intra_op_threads` overrides the config's (a session on a GPU
+    runs only its few CPU-side nodes on them, and one pool per part and worker of all the
+    cores took the cores the HTTP servers need: docs/benchmarks.md#gpu)."""
     so = ort.SessionOptions()
-    so.intra_op_num_threads = cfg.intra_op_threads
+    so.intra_op_num_threads = cfg.intra_op_threads if intra_op_threads is None else intra_op_threads
     so.inter_op_num_threads = cfg.inter_op_threads
     so.add_session_config_entry(
         "session.intra_op.allow_spinning", "1" if cfg.intra_op_spinning else "0"
@@ -134,27 +166,12 @@ def create_session(
     }[cfg.graph_optimization]
     so.log_severity_level = 3
     # ORT reports a GPU provider that cannot load through its default logger, several lines per
-    # session; one warning of ours below says the same once.
+    # session; one warning of ours (create_session) says the same once.
     ort.set_default_logger_severity(4)
     try:
-        session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        return ort.InferenceSession(str(path), sess_options=so, providers=providers)
     finally:
         ort.set_default_logger_severity(2)
-    used = session.get_providers()[0]
-    if wants_gpu and used == "CPUExecutionProvider":
-        state.gpu_failed = True
-        if cfg.require_gpu:
-            raise ProviderUnavailable(
-                f"a GPU provider was required ({', '.join(cfg.providers)}) but ONNX Runtime "
-                f"could only start {used}; available: {ort.get_available_providers()}"
-            )
-        if not state.fallback_reported:
-            state.fallback_reported = True
-            log.warning(
-                "GPU execution provider requested (%s) but unavailable; running on CPU",
-                ",".join(cfg.providers),
-            )
-    return session
 
 
 def provider_short_name(provider: str) -> str:
