@@ -54,8 +54,8 @@ def gpu_visible(dev: Path = Path("/dev")) -> bool:
 def default_workers(providers: list[str], cpus: int, gpu: bool) -> int:
     """One worker per usable core on a CPU host (up to `MAX_AUTO_WORKERS`); one per two cores
     where a GPU provider is asked for and a GPU is present. One process cannot keep a GPU busy:
-    on an H200 with 16 cores it served 1,400-1,800 64-row requests/s, a fifth of what the GPU
-    runs in-process, while 4 and 8 workers gave 2.6x and 3.7x its throughput
+    on an H200 with 16 cores it served 1,400-1,800 64-row requests/s, a fifth to a half of what
+    the GPU runs in-process, while 4 and 8 workers gave 2.6x and 3.7x its throughput
     (docs/benchmarks.md#gpu). Each worker holds its own CUDA context and model copies, so
     large models on a small GPU want fewer (`--workers`)."""
     if gpu and any(p in GPU_PROVIDERS for p in providers):
