@@ -114,9 +114,10 @@ def test_dcgan_trains_exports_and_scores(image_digits, tmp_path: Path) -> None:
         progress=False,
     )
     ckpt = load_checkpoint(ckpt_path)
-    assert set(ckpt.metrics) == {"d_loss", "g_loss"}
+    assert set(ckpt.metrics) == {"d_loss", "g_loss", "epoch_s"} and ckpt.metrics["epoch_s"] > 0
     folder = tmp_path / "dcgan"
     manifest = export_checkpoint(ckpt, folder, "dcgan")
+    assert set(manifest.metrics) == {"d_loss", "g_loss"}  # the epoch's seconds stay behind
     assert set(manifest.parts) == {PartRole.GENERATOR, PartRole.DISCRIMINATOR}
     assert Capabilities.of(manifest).score_methods == (ScoreMethod.DISCRIMINATOR,)
     manifest = calibrate(folder, image_digits.val, "digits val")

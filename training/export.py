@@ -96,6 +96,9 @@ def write_fp16_copy(path: Path) -> Path:
     return out
 
 
+TIMING_METRICS = frozenset({"epoch_s"})
+
+
 def add_fp16_copies(model_dir: Path) -> Manifest:
     """Write an fp16 copy of every part of an exported model folder and list it in the manifest
     (for `LATENTSERVE_PREFER_FP16` on GPUs); the fp32 graphs and everything else stay as they
@@ -267,7 +270,12 @@ def export_checkpoint(
             # each learning-rate phase (a resume with a new --lr starts one), as the card replays
             "phases": ckpt.history or [{"to_epoch": ckpt.epoch, "lr": ckpt.train_config.lr}],
         },
-        metrics={k: float(v) for k, v in ckpt.metrics.items() if math.isfinite(v)},
+        # the model's figures; an epoch's seconds say more about the machine than the model
+        metrics={
+            k: float(v)
+            for k, v in ckpt.metrics.items()
+            if math.isfinite(v) and k not in TIMING_METRICS
+        },
     )
     manifest.save(out_dir)
     return manifest
