@@ -16,6 +16,15 @@
 #                decoder, generator and scorer, n = 1 and 64, c = 1..256
 #   6. fp16      the same benchmark on the fp16 copies, with the server's defaults
 #
+# On the lent machine (2026-11-26, H200) the pieces of ../shared/gpu/stage.sh were cut to 45 MiB
+# (the tree plus a piece must fit a call's 64 MiB), wrk and libluajit were carried in .gpu/bin and
+# .gpu/lib, MNIST in .gpu/mnist, and the call after the copies was:
+#   cp .gpu/ort-6/* /tmp/ortp/ && bash .gpu/wheels/install.sh; export PYTHONPATH=/tmp/site:$PWD
+#   PATH=$PWD/.gpu/bin:$PATH LD_LIBRARY_PATH=$PWD/.gpu/lib PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
+#   GPU_CHECK_TAR=$OUT/gpu-check.tgz GPU_CHECK_PYTEST_ARGS="-W default -p pytest_asyncio.plugin
+#   -p pytest_timeout"; bash scripts/gpu-check.sh /tmp/gpu-check .gpu/mnist
+# (the image's own pytest plugins do not all load beside the carried pytest).
+#
 # Every step has its own time limit and its own log under OUT_DIR, and a failing step does not
 # stop the next. With $GPU_CHECK_TAR set, OUT_DIR is packed into that file after every step (the
 # lent machine returns only a few files, and only what exists when a call ends).
