@@ -23,7 +23,8 @@
 #   PATH=$PWD/.gpu/bin:$PATH LD_LIBRARY_PATH=$PWD/.gpu/lib PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
 #   GPU_CHECK_TAR=$OUT/gpu-check.tgz GPU_CHECK_PYTEST_ARGS="-W default -p pytest_asyncio.plugin
 #   -p pytest_timeout"; bash scripts/gpu-check.sh /tmp/gpu-check .gpu/mnist
-# (the image's own pytest plugins do not all load beside the carried pytest).
+# (plugin autoloading off: the image's own pytest plugins are not needed, and were not tried
+# beside the carried pytest).
 #
 # Every step has its own time limit and its own log under OUT_DIR, and a failing step does not
 # stop the next. With $GPU_CHECK_TAR set, OUT_DIR is packed into that file after every step (the
