@@ -43,6 +43,8 @@ from bench.workloads import (
     Workload,
     prepare_or_report,
 )
+from service.hosts import asks_for_gpu
+from service.runtime.sessions import PROVIDER_ALIASES
 
 DEFAULT_CONCURRENCY = (1, 4, 16, 64, 256)
 QUICK_CONCURRENCY = (1, 16)
@@ -130,9 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     args.providers = tuple(x.strip() for x in args.providers.split(",") if x.strip())
-    unknown_providers = set(args.providers) - {"cpu", "cuda", "tensorrt"}
-    if unknown_providers or not args.providers:
-        p.error(f"--providers: choose from cpu, cuda, tensorrt, got {args.providers}")
+    if not args.providers or set(args.providers) - set(PROVIDER_ALIASES):
+        p.error(f"--providers: choose from {', '.join(PROVIDER_ALIASES)}, got {args.providers}")
     conc = args.concurrency or ",".join(
         map(str, QUICK_CONCURRENCY if args.quick else DEFAULT_CONCURRENCY)
     )
@@ -271,8 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             for s in servers.values():
                 s.stop()
     startup = {k: round(s.startup_s, 3) for k, s in servers.items()}
-    gpu = any(p != "cpu" for p in args.providers)
-    targets = report.check_targets(results, startup, gpu=gpu)
+    targets = report.check_targets(results, startup, gpu=asks_for_gpu(args.providers))
     machine = report.machine_info()
     document: dict[str, Any] = {
         "meta": {

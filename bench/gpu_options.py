@@ -6,7 +6,8 @@ Each variant calls the same graph with the same host (numpy) input and reads the
 the host, as the service must; only how ORT is asked to do it differs:
 
 - `cpu`: the CPU provider, for scale.
-- `cuda`: the service's CUDA session (`session.run`, cuDNN EXHAUSTIVE search, TF32 off).
+- `cuda`: a CUDA session as the service had it before the H200 run (`session.run`, cuDNN
+  EXHAUSTIVE search, TF32 off); the service now searches with HEURISTIC (the next variant).
 - `cuda-heuristic`: cuDNN's HEURISTIC algorithm choice instead of the exhaustive search.
 - `cuda-tf32`: TF32 matrix units for fp32 convolutions and products.
 - `cuda-fp16`: the part's fp16 copy (where the manifest lists one).

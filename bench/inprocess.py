@@ -18,6 +18,7 @@ import numpy as np
 
 from bench.loadgen import StepResult, percentiles
 from bench.workloads import Prepared, example_inputs, example_latents
+from service.hosts import asks_for_gpu
 from service.manifest import PartRole
 from service.runtime.sessions import ProviderState, SessionConfig, create_session
 
@@ -29,7 +30,7 @@ def ceiling_config(providers: tuple[str, ...] = ("cpu",), fp16: bool = False) ->
     HTTP server to share the cores with; on `providers`, a GPU one required to load."""
     return SessionConfig(
         providers=providers,
-        require_gpu=any(p != "cpu" for p in providers),
+        require_gpu=asks_for_gpu(providers),
         intra_op_spinning=True,
         prefer_fp16=fp16,
     )

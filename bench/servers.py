@@ -30,6 +30,7 @@ from typing import IO, Self
 import httpx
 
 from bench.pytriton_server import decode_part
+from service.hosts import asks_for_gpu, default_workers, gpu_visible, usable_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,9 +117,7 @@ class Server:
 
 def default_service_workers(providers: tuple[str, ...] = ("cpu",)) -> int:
     """The worker count `serve` picks on this host for the providers the servers here use."""
-    from service.hosts import default_workers, gpu_visible, usable_cpus
-
-    gpu = any(p != "cpu" for p in providers) and gpu_visible()
+    gpu = asks_for_gpu(providers) and gpu_visible()
     return default_workers(list(providers), usable_cpus(), gpu=gpu)
 
 
@@ -210,7 +209,7 @@ def make_server(
             "LATENTSERVE_MODEL_REPOSITORY": str(repository),
             "LATENTSERVE_DEFAULT_MODEL": models[0],
             "LATENTSERVE_PROVIDERS": ",".join(providers),
-            "LATENTSERVE_REQUIRE_GPU": "true" if any(p != "cpu" for p in providers) else "false",
+            "LATENTSERVE_REQUIRE_GPU": "true" if asks_for_gpu(providers) else "false",
             "LATENTSERVE_PREFER_FP16": "true" if fp16 else "false",
             "LATENTSERVE_BATCHING": "false" if system == "service-nobatch" else "true",
             "LATENTSERVE_GRPC_PORT": str(grpc_port),

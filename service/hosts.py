@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 GPU_PROVIDERS = frozenset(
@@ -51,6 +52,11 @@ def gpu_visible(dev: Path = Path("/dev")) -> bool:
         return False
 
 
+def asks_for_gpu(providers: Iterable[str]) -> bool:
+    """Whether any of these execution providers runs on a GPU."""
+    return any(p in GPU_PROVIDERS for p in providers)
+
+
 def default_workers(providers: list[str], cpus: int, gpu: bool) -> int:
     """One worker per usable core on a CPU host (up to `MAX_AUTO_WORKERS`); one per two cores
     where a GPU provider is asked for and a GPU is present. One process cannot keep a GPU busy:
@@ -58,6 +64,6 @@ def default_workers(providers: list[str], cpus: int, gpu: bool) -> int:
     the GPU runs in-process, while 4 and 8 workers gave 2.6x and 3.7x its throughput
     (docs/benchmarks.md#gpu). Each worker holds its own CUDA context and model copies, so
     large models on a small GPU want fewer (`--workers`)."""
-    if gpu and any(p in GPU_PROVIDERS for p in providers):
+    if gpu and asks_for_gpu(providers):
         return max(1, min(cpus // 2, MAX_AUTO_WORKERS))
     return max(1, min(cpus, MAX_AUTO_WORKERS))

@@ -96,6 +96,12 @@ def write_fp16_copy(path: Path) -> Path:
     return out
 
 
+def _fp16_fields(path: Path) -> dict[str, str]:
+    """The manifest fields of the fp16 copy written beside the graph at `path`."""
+    fp16_path = write_fp16_copy(path)
+    return {"fp16_path": fp16_path.name, "fp16_sha256": sha256_file(fp16_path)}
+
+
 TIMING_METRICS = frozenset({"epoch_s"})
 
 
@@ -105,12 +111,10 @@ def add_fp16_copies(model_dir: Path) -> Manifest:
     were. Converting the exported graph, not re-exporting the checkpoint, keeps the fp32 graph
     the copy came from byte for byte."""
     manifest = Manifest.load(model_dir)
-    parts = {}
-    for role, part in manifest.parts.items():
-        fp16_path = write_fp16_copy(model_dir / part.path)
-        parts[role] = part.model_copy(
-            update={"fp16_path": fp16_path.name, "fp16_sha256": sha256_file(fp16_path)}
-        )
+    parts = {
+        role: part.model_copy(update=_fp16_fields(model_dir / part.path))
+        for role, part in manifest.parts.items()
+    }
     manifest = manifest.model_copy(update={"parts": parts})
     manifest.save(model_dir)
     return manifest
@@ -238,10 +242,7 @@ def export_checkpoint(
         path = out_dir / f"{role.value}.onnx"
         err = export_graph(graph, inputs, [s.name for s in out_specs], path)
         log.info("exported %s: max |onnxruntime - torch| = %.2e", path, err)
-        fp16: dict[str, str] = {}
-        if half:
-            fp16_path = write_fp16_copy(path)
-            fp16 = {"fp16_path": fp16_path.name, "fp16_sha256": sha256_file(fp16_path)}
+        fp16 = _fp16_fields(path) if half else {}
         parts[role] = OnnxPart(
             path=path.name, sha256=sha256_file(path), inputs=in_specs, outputs=out_specs, **fp16
         )
