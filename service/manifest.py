@@ -184,6 +184,24 @@ class Calibration(_Strict):
     percentile: float = Field(gt=0, lt=100)
     threshold: float
 
+    def robust_scale(self, log: bool = False) -> tuple[float, float] | None:
+        """(median, interquartile range) of the held-out scores, or of their logs: the centre and
+        scale that make scores of different methods comparable (a robust z-score, which one
+        outlier in the held-out data cannot move). None where the quantiles lack them or the
+        range is empty."""
+        try:
+            q25, q50, q75 = (self.quantiles[q] for q in ("0.25", "0.5", "0.75"))
+        except KeyError:
+            return None
+        if log:
+            if min(q25, q50, q75) <= 0:
+                return None
+            q25, q50, q75 = math.log(q25), math.log(q50), math.log(q75)
+        spread = q75 - q25
+        if not (math.isfinite(q50) and math.isfinite(spread) and spread > 0):
+            return None
+        return q50, spread
+
 
 class Manifest(_Strict):
     """A served model: its identity, the ONNX parts, the data contract, calibration and metrics."""

@@ -245,7 +245,13 @@ async def test_models_and_probes(client: AppClient) -> None:
     [info] = models["models"]
     assert info["status"] == "ready" and info["provider"] == "cpu"
     assert info["input_shape"] == [64] and info["latent_dim"] == 8
-    assert set(info["score_methods"]) == {"reconstruction", "elbo", "iwae", "elbo-complexity"}
+    assert set(info["score_methods"]) == {
+        "reconstruction",
+        "elbo",
+        "iwae",
+        "elbo-complexity",
+        "combined",
+    }
     one = (await client.get("/models/digits-vae")).json()
     assert one["manifest"]["parts"]["encoder"]["sha256"]
     assert (await client.get("/healthz")).json() == {"status": "ok"}

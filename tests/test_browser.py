@@ -344,7 +344,7 @@ def test_dropped_images_are_scored_against_the_calibration(
     files = {"digit.png": digit_png(x[0]), "noise.png": noise_png(8)}
     expected = {
         m: api_scores(visit.server, files, m)
-        for m in ("reconstruction", "elbo", "iwae", "elbo-complexity")
+        for m in ("reconstruction", "elbo", "iwae", "elbo-complexity", "combined")
     }
     assert expected["reconstruction"]["is_outlier"] == [False, True]  # the premise of the test
 

@@ -34,13 +34,13 @@ def _manifest(name: str, **update: object) -> Manifest:
         pytest.param(
             "digits-vae",
             {"sample", "decode", "interpolate", "encode", "reconstruct", "anomaly-score"},
-            ("reconstruction", "elbo", "iwae", "elbo-complexity"),
+            ("reconstruction", "elbo", "iwae", "elbo-complexity", "combined"),
             id="vae",
         ),
         pytest.param(
             "mnist-cvae",
             {"sample", "decode", "interpolate", "encode", "reconstruct", "anomaly-score"},
-            ("reconstruction", "elbo", "iwae", "elbo-complexity"),
+            ("reconstruction", "elbo", "iwae", "elbo-complexity", "combined"),
             id="cvae",
         ),
         pytest.param(

@@ -109,9 +109,16 @@ def test_likelihood_and_one_class_auroc_on_digits(tmp_path: Path) -> None:
     # digits-vae was trained on every class, so "0 vs rest" is not its job: AUROC near chance
     # is expected; the real one-class experiment trains one model per class.
     auc = one_class_auroc(MODELS / "digits-vae", test, 0)
-    assert set(auc) == {"reconstruction", "elbo", "elbo-complexity"} and all(
+    assert set(auc) == {"reconstruction", "elbo", "elbo-complexity", "combined"} and all(
         0 <= v <= 1 for v in auc.values()
     )
+    # combined comes from the other two scores; the server's own combined ranks alike
+    from training.calibrate import score
+    from training.evaluate import auroc
+
+    served = score(load_exported(MODELS / "digits-vae"), test.x, "combined", k=16)
+    normal = test.y == 0
+    assert auc["combined"] == pytest.approx(auroc(served[normal], served[~normal]), abs=1e-6)
 
 
 @pytest.mark.slow
@@ -145,3 +152,24 @@ def test_debiased_training_draws_the_rare_style_more_often(vae_sees: str) -> Non
     w = result.weights
     assert w.shape == (len(biased.x),) and w.sum() == pytest.approx(1.0)
     assert w[rare].sum() > 2 * rare.mean(), (w[rare].sum(), rare.mean())
+
+
+def test_seed_summary_is_mean_and_sd_per_digit_and_of_the_means() -> None:
+    from training.experiments import seed_summary
+
+    runs = [
+        {
+            0: {"reconstruction": 0.90, "combined": 0.96},
+            1: {"reconstruction": 1.0, "combined": 1.0},
+        },
+        {
+            0: {"reconstruction": 0.94, "combined": 0.98},
+            1: {"reconstruction": 1.0, "combined": 1.0},
+        },
+    ]
+    lines = seed_summary(runs).splitlines()
+    assert lines[0] == "| normal digit | reconstruction | combined |"
+    assert lines[2] == "| 0 | 0.920 ± 0.028 | 0.970 ± 0.014 |"
+    assert lines[3] == "| 1 | 1.000 ± 0.000 | 1.000 ± 0.000 |"
+    # the mean row: each run's mean over digits (0.95 and 0.97), then their mean and sd
+    assert lines[4] == "| **mean** | 0.960 ± 0.014 | 0.985 ± 0.007 |"

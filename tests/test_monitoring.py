@@ -26,7 +26,7 @@ from service.settings import Settings
 from tests.conftest import MODELS, AppClient, LiveServer
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
-METHODS = ("reconstruction", "elbo", "iwae", "elbo-complexity")
+METHODS = ("reconstruction", "elbo", "iwae", "elbo-complexity", "combined")
 
 
 def parse(text: str) -> Series:

@@ -128,3 +128,49 @@ def test_dcgan_trains_exports_and_scores(image_digits, tmp_path: Path) -> None:
     with torch.no_grad():
         logit = ckpt.model.discriminator(torch.from_numpy(x)).numpy()[:, 0]
     np.testing.assert_allclose(scores, np.logaddexp(0, -logit), rtol=1e-4, atol=1e-5)
+
+
+def test_weight_average_and_its_batch_norm_statistics() -> None:
+    from training.gan import Generator, _average_into, _refresh_batch_norm
+
+    cfg = ModelConfig(kind="gan", arch="conv", input_shape=(1, 8, 8), latent_dim=4, hidden=(4,))
+    torch.manual_seed(0)
+    average, current = Generator(cfg), Generator(cfg)
+    before = [p.detach().clone() for p in average.parameters()]
+    _average_into(average, current, decay=0.75)
+    for a, b, c in zip(average.parameters(), before, current.parameters(), strict=True):
+        torch.testing.assert_close(a, 0.75 * b + 0.25 * c)
+    # the first batch norm's statistics are those of its inputs over the refresh's noise
+    _refresh_batch_norm(average, cfg.latent_dim, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        h = torch.cat([average.fc[0](torch.randn(256, 4, generator=g)) for _ in range(20)])
+    norm = average.fc[1]
+    torch.testing.assert_close(norm.running_mean, h.mean(0), rtol=1e-4, atol=1e-5)
+    assert not average.training and norm.momentum == 0.1
+
+
+def test_dcgan_serves_its_weight_average(image_digits, tmp_path: Path) -> None:
+    cfg = ModelConfig(
+        kind="gan",
+        arch="conv",
+        input_shape=(1, 8, 8),
+        image_shape=(1, 8, 8),
+        latent_dim=8,
+        hidden=(8,),
+    )
+    tc = TrainConfig(epochs=1, lr=2e-4, batch_size=64, extra={"generator_ema": 0.9})
+    path = train_gan(cfg, tc, tmp_path / "run", splits=image_digits, progress=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    last, served = state["generator_last"], state["state_dict"]
+    assert set(last) == {k for k in served if k.startswith("generator.")}
+    weight = "generator.fc.0.weight"
+    assert not torch.equal(last[weight], served[weight])  # the average, not the last step
+    ckpt = load_checkpoint(path)
+    manifest = export_checkpoint(ckpt, tmp_path / "dcgan", "dcgan")
+    assert manifest.training["train"]["extra"] == {"generator_ema": 0.9}
+    from training.card import reproduce_commands
+
+    assert "--generator-ema 0.9 " in reproduce_commands(ckpt, tmp_path / "dcgan")[0]
+    with pytest.raises(ValueError, match="generator_ema"):
+        train_gan(cfg, TrainConfig(extra={"generator_ema": 1.0}), tmp_path / "bad")

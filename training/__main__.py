@@ -138,6 +138,15 @@ def train(
     seed: int = 0,
     device: str = "cpu",
     resume: bool = False,
+    generator_ema: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.99999,
+            help="GANs: serve the moving average of the generator's weights, with this decay "
+            "per step (0: the last weights)",
+        ),
+    ] = 0.0,
 ) -> None:
     """Train a model and write OUT/checkpoint.pt after every epoch."""
     import torch
@@ -146,6 +155,8 @@ def train(
     from training.gan import train_gan
     from training.train import train as run_training
 
+    if generator_ema and model not in ("gan", "cgan"):
+        raise typer.BadParameter("--generator-ema is for GANs (--model gan or cgan)")
     if model in ("gan", "cgan"):
         arch = "conv"
         if resume:  # train_gan starts from epoch 0: a silent restart would undo the run
@@ -164,6 +175,7 @@ def train(
         normal_class=normal_class,
         image_shape=_image_shape(image_size, channels) if dataset == "images" else None,
         label_column=label_column,
+        extra={"generator_ema": generator_ema} if generator_ema else {},
     )
     splits = _load_training_data(train_cfg, _flat(dataset, arch), data_dir)
     if arch == "conv" and splits.image_shape and any(d % 4 for d in splits.image_shape[1:]):
@@ -396,22 +408,41 @@ def experiment(
         typer.Option(min=0.0, max=1.0, help="debias: share of the sampling mass kept uniform"),
     ] = 0.5,
     seed: int = 0,
+    seeds: Annotated[
+        int, typer.Option(min=1, help="one-class: run seeds SEED .. SEED+SEEDS-1, table mean +- sd")
+    ] = 1,
+    keep: Annotated[
+        Path | None,
+        typer.Option(
+            help="one-class: keep the models under KEEP/seed-N (a model already there with the "
+            "same training configuration is scored, not trained again)"
+        ),
+    ] = None,
 ) -> None:
     """Run an experiment of docs/evaluation.md and print its table (JSON)."""
     import json
 
     from training.debias import Style
-    from training.experiments import debias_experiment, one_class_table
+    from training.experiments import debias_experiment, one_class_table, seed_summary
 
-    splits = _load_data(dataset, data_dir, seed=seed, flat=False)
     if name == "one-class":
         epochs = 20 if epochs is None else epochs
-        rows = one_class_table(splits, epochs=epochs, latent_dim=latent_dim, seed=seed, arch=arch)
-        typer.echo(json.dumps(rows, indent=2))
-        for method in next(iter(rows.values())):
-            mean = sum(r[method] for r in rows.values()) / len(rows)
-            typer.echo(f"mean AUROC ({method}): {mean:.4f}")
-    elif name == "debias":
+        runs = []
+        for run_seed in range(seed, seed + seeds):
+            splits = _load_data(dataset, data_dir, seed=run_seed, flat=False)
+            folder = None if keep is None else keep / f"seed-{run_seed}"
+            rows = one_class_table(
+                splits, epochs=epochs, latent_dim=latent_dim, seed=run_seed, arch=arch, keep=folder
+            )
+            typer.echo(json.dumps({"seed": run_seed, "auroc": rows}, indent=2))
+            for method in next(iter(rows.values())):
+                mean = sum(r[method] for r in rows.values()) / len(rows)
+                typer.echo(f"seed {run_seed}: mean AUROC ({method}): {mean:.4f}")
+            runs.append(rows)
+        typer.echo(seed_summary(runs))
+        return
+    splits = _load_data(dataset, data_dir, seed=seed, flat=False)
+    if name == "debias":
         styles: dict[str, Style] = {"thicken": "thicken", "mirror": "mirror", "invert": "invert"}
         if style not in styles:
             raise typer.BadParameter(f"style must be one of {', '.join(styles)}")

@@ -59,10 +59,34 @@ def calibrate(
     methods: tuple[ScoreMethod, ...] | None = None,
     percentile: float = 99.0,
 ) -> Manifest:
-    """Add calibration for each method to the manifest in `folder` and save it."""
+    """Add calibration for each method to the manifest in `folder` and save it.
+
+    `combined` comes last, from a model loaded again: it standardises by the reconstruction and
+    elbo-complexity calibrations, so it must see the new ones, and it is offered only once they
+    exist."""
     model = load_exported(folder)
-    calibration = dict(model.manifest.calibration)
-    for method in methods if methods is not None else model.capabilities.score_methods:
+    wanted = model.capabilities.score_methods if methods is None else methods
+    first = tuple(m for m in wanted if m is not ScoreMethod.COMBINED)
+    stale = (ScoreMethod.COMBINED.value,)  # its scales change with the calibrations it reads
+    manifest = _calibrated(model, first, heldout, dataset, percentile, drop=stale)
+    if methods is None or ScoreMethod.COMBINED in methods:
+        model = load_exported(folder)
+        if ScoreMethod.COMBINED in model.capabilities.score_methods:
+            combined = (ScoreMethod.COMBINED,)
+            manifest = _calibrated(model, combined, heldout, dataset, percentile)
+    return manifest
+
+
+def _calibrated(
+    model: GenerativeModel,
+    methods: tuple[ScoreMethod, ...],
+    heldout: Split,
+    dataset: str,
+    percentile: float,
+    drop: tuple[str, ...] = (),
+) -> Manifest:
+    calibration = {k: v for k, v in model.manifest.calibration.items() if k not in drop}
+    for method in methods:
         s = score(model, heldout.x, method, heldout.y)
         calibration[method.value] = Calibration(
             method=method.value,
@@ -73,5 +97,5 @@ def calibrate(
             threshold=float(np.percentile(s, percentile)),
         )
     manifest = model.manifest.model_copy(update={"calibration": calibration})
-    manifest.save(folder)
+    manifest.save(model.folder)
     return manifest

@@ -20,7 +20,8 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.metrics import roc_auc_score
 
-from service.capabilities import ScoreMethod
+from service.capabilities import ScoreMethod, combined_scales
+from service.runtime import scoring
 from service.runtime.model import GenerativeModel
 from training.calibrate import load_exported, score
 from training.classifier import SmallCNN, class_balance, frechet_distance, predict
@@ -69,15 +70,23 @@ def auroc(normal_scores: NDArray[np.float32], outlier_scores: NDArray[np.float32
 
 
 def one_class_auroc(folder: Path, test: Split, normal_class: int) -> dict[str, float]:
-    """AUROC of each score for telling `normal_class` from every other class of the test set."""
+    """AUROC of each score for telling `normal_class` from every other class of the test set.
+
+    `combined` is computed from the reconstruction and elbo-complexity scores just made (the
+    same k and seeds), as the server combines them, instead of running both again."""
     model = load_exported(folder)
-    out = {}
-    methods = (ScoreMethod.RECONSTRUCTION, ScoreMethod.ELBO, ScoreMethod.ELBO_COMPLEXITY)
-    for method in (m for m in methods if m in model.capabilities.score_methods):
-        s = score(model, test.x, method, k=16)
-        normal = test.y == normal_class
-        out[method.value] = auroc(s[normal], s[~normal])
-    return out
+    served = model.capabilities.score_methods
+    normal = test.y == normal_class
+    scores: dict[ScoreMethod, NDArray[np.float32]] = {}
+    for method in (ScoreMethod.RECONSTRUCTION, ScoreMethod.ELBO, ScoreMethod.ELBO_COMPLEXITY):
+        if method in served:
+            scores[method] = score(model, test.x, method, k=16)
+    scales = combined_scales(model.manifest)
+    if ScoreMethod.COMBINED in served and scales is not None:
+        scores[ScoreMethod.COMBINED] = scoring.combined(
+            scores[ScoreMethod.RECONSTRUCTION], scores[ScoreMethod.ELBO_COMPLEXITY], *scales
+        )
+    return {method.value: auroc(s[normal], s[~normal]) for method, s in scores.items()}
 
 
 def sample_quality(

@@ -3,13 +3,16 @@ debiasing on a biased MNIST. Each prints a markdown table and returns its number
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from service.manifest import Manifest
+from training.calibrate import calibrate
 from training.classifier import predict, train_classifier
-from training.config import ModelConfig, TrainConfig
+from training.config import ModelConfig, TrainConfig, to_dict
 from training.data import Splits
 from training.debias import (
     Style,
@@ -25,11 +28,21 @@ from training.train import load_checkpoint, train
 
 
 def one_class_table(
-    splits: Splits, epochs: int = 20, latent_dim: int = 16, seed: int = 0, arch: str = "mlp"
+    splits: Splits,
+    epochs: int = 20,
+    latent_dim: int = 16,
+    seed: int = 0,
+    arch: str = "mlp",
+    keep: Path | None = None,
 ) -> dict[int, dict[str, float]]:
-    """For each digit: a VAE trained on that digit only scores the whole test set."""
+    """For each digit: a VAE trained on that digit only, calibrated on the digit's validation
+    images (which the `combined` score standardises by), scores the whole test set.
+
+    With `keep`, the models stay in that folder, and a model already there with the same
+    training configuration is scored again instead of trained again."""
     rows: dict[int, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        root = keep if keep is not None else Path(tmp)
         for digit in range(splits.num_classes):
             cfg = ModelConfig(
                 kind="vae",
@@ -47,11 +60,46 @@ def one_class_table(
                 seed=seed,
                 normal_class=digit,
             )
-            ckpt = train(cfg, tc, Path(tmp) / f"run{digit}", splits=splits, progress=False)
-            folder = Path(tmp) / f"one-class-{digit}"
-            export_checkpoint(load_checkpoint(ckpt), folder, f"one-class-{digit}")
+            folder = root / f"one-class-{digit}"
+            if not _trained_as(folder, cfg, tc):
+                ckpt = train(cfg, tc, root / f"run{digit}", splits=splits, progress=False)
+                export_checkpoint(load_checkpoint(ckpt), folder, f"one-class-{digit}")
+            heldout = f"{splits.name} validation split, digit {digit}"
+            calibrate(folder, splits.val.only(digit), heldout)
             rows[digit] = one_class_auroc(folder, splits.test, digit)
     return rows
+
+
+def _trained_as(folder: Path, cfg: ModelConfig, tc: TrainConfig) -> bool:
+    """An exported model in `folder` whose manifest records this very training configuration."""
+    try:
+        training = Manifest.load(folder).training
+    except (OSError, ValueError):
+        return False
+    wanted = json.loads(json.dumps({"model": to_dict(cfg), "train": to_dict(tc)}))
+    return bool(
+        training.get("model") == wanted["model"] and training.get("train") == wanted["train"]
+    )
+
+
+def seed_summary(runs: list[dict[int, dict[str, float]]]) -> str:
+    """Markdown: each digit's AUROC per method as mean +- sd over the runs (one per seed)."""
+    methods = list(next(iter(runs[0].values())))
+    lines = [
+        "| normal digit | " + " | ".join(methods) + " |",
+        "| --- |" + " --- |" * len(methods),
+    ]
+
+    def cell(values: list[float]) -> str:
+        sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        return f"{np.mean(values):.3f} ± {sd:.3f}"
+
+    for digit in runs[0]:
+        cells = [cell([run[digit][m] for run in runs]) for m in methods]
+        lines.append(f"| {digit} | " + " | ".join(cells) + " |")
+    means = [cell([float(np.mean([r[m] for r in run.values()])) for run in runs]) for m in methods]
+    lines.append("| **mean** | " + " | ".join(means) + " |")
+    return "\n".join(lines)
 
 
 def debias_experiment(

@@ -38,7 +38,7 @@ NPY = "application/x-npy"
 NPY_BODY_BYTES = 32 * 1024
 """Arrays this large or larger are sent as .npy bodies (JSON text of floats is 3-5x larger and
 slower to write and parse)."""
-Method = Literal["reconstruction", "elbo", "iwae", "elbo-complexity", "discriminator"]
+Method = Literal["reconstruction", "elbo", "iwae", "elbo-complexity", "combined", "discriminator"]
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,12 @@ class Scored:
     a likelihood fit to binary ones); empty when nothing does."""
 
 
-_LIKELIHOODS = (ScoreMethod.ELBO, ScoreMethod.IWAE, ScoreMethod.ELBO_COMPLEXITY)
+_LIKELIHOODS = (
+    ScoreMethod.ELBO,
+    ScoreMethod.IWAE,
+    ScoreMethod.ELBO_COMPLEXITY,
+    ScoreMethod.COMBINED,
+)
 
 
 def _likelihood_warnings(

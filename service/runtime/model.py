@@ -18,7 +18,7 @@ from typing import Literal, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from service.capabilities import Capabilities, Operation, ScoreMethod
+from service.capabilities import Capabilities, Operation, ScoreMethod, combined_scales
 from service.images import png_complexity_bits
 from service.manifest import Manifest, ModelKind, PartRole
 from service.runtime import scoring
@@ -127,6 +127,8 @@ class GenerativeModel:
             return [(encoder, rows), (self._generator, rows)]
         if work in (ScoreMethod.ELBO, ScoreMethod.IWAE, ScoreMethod.ELBO_COMPLEXITY) and encoder:
             return [(encoder, rows), (self._generator, rows * k)]
+        if work is ScoreMethod.COMBINED and encoder is not None:
+            return [(encoder, 2 * rows), (self._generator, rows * (k + 1))]
         if work is ScoreMethod.DISCRIMINATOR and PartRole.DISCRIMINATOR in self.parts:
             return [(self.parts[PartRole.DISCRIMINATOR], rows)]
         return []
@@ -204,6 +206,8 @@ class GenerativeModel:
         """Scores in model units: for tabular models a squared error of 1 is a feature's whole
         training range, and values beyond that range still count in full."""
         self.capabilities.require_method(method)
+        if method is ScoreMethod.COMBINED:
+            return await self._combined_scores(x, k, seed, labels)
         x_model = self.contract.to_model(x)
         fed = self.contract.feed(x_model)
         if method is ScoreMethod.RECONSTRUCTION:
@@ -228,6 +232,16 @@ class GenerativeModel:
             )
             return RawScores(scoring.complexity_corrected(bound.scores, bits), None)
         return bound
+
+    async def _combined_scores(self, x: F32, k: int, seed: int, labels: Labels | None) -> RawScores:
+        scales = combined_scales(self.manifest)
+        assert scales is not None  # the capability needs them
+        error, corrected = await asyncio.gather(
+            self.anomaly_scores(x, ScoreMethod.RECONSTRUCTION, labels=labels),
+            self.anomaly_scores(x, ScoreMethod.ELBO_COMPLEXITY, k, seed, labels),
+        )
+        scores = scoring.combined(error.scores, corrected.scores, *scales)
+        return RawScores(scores, None)
 
 
 def _feeds(name: str, value: F32, labels: Labels | None) -> dict[str, NDArray[np.generic]]:

@@ -17,6 +17,7 @@ DEFAULT_K = 16
 manifests are made at it too, so monitoring counts sampled scores at this k only."""
 _EPS = 1e-7
 _LOG_2PI = math.log(2.0 * math.pi)
+_TINY_ERROR = 1e-12  # a perfect reconstruction's log error: finite, below any real one
 
 
 @dataclass
@@ -73,6 +74,21 @@ def complexity_corrected(neg_elbo: F32, complexity_bits: F32) -> F32:
     """S(x) = -log p(x) - L(x) (Serra et al. 2020), both in nats: the bound minus the input's
     compressed length."""
     return (neg_elbo - complexity_bits * math.log(2.0)).astype(np.float32)
+
+
+def combined(
+    squared_error: F32,
+    elbo_complexity: F32,
+    error_scale: tuple[float, float],
+    complexity_scale: tuple[float, float],
+) -> F32:
+    """Robust z-score of log squared error plus that of elbo-complexity; each scale is the
+    (median, interquartile range) of its score (the error's logs) on calibration data. The log
+    makes the error's long right tail about as symmetric as the likelihood's."""
+    log_error = np.log(np.maximum(squared_error, _TINY_ERROR))
+    z_error = (log_error - error_scale[0]) / error_scale[1]
+    z_complexity = (elbo_complexity - complexity_scale[0]) / complexity_scale[1]
+    return (z_error + z_complexity).astype(np.float32)
 
 
 def linear_path(z0: F32, z1: F32, t: F32) -> F32:
