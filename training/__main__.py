@@ -138,15 +138,6 @@ def train(
     seed: int = 0,
     device: str = "cpu",
     resume: bool = False,
-    generator_ema: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            max=0.99999,
-            help="GANs: serve the moving average of the generator's weights, with this decay "
-            "per step (0: the last weights)",
-        ),
-    ] = 0.0,
 ) -> None:
     """Train a model and write OUT/checkpoint.pt after every epoch."""
     import torch
@@ -155,8 +146,6 @@ def train(
     from training.gan import train_gan
     from training.train import train as run_training
 
-    if generator_ema and model not in ("gan", "cgan"):
-        raise typer.BadParameter("--generator-ema is for GANs (--model gan or cgan)")
     if model in ("gan", "cgan"):
         arch = "conv"
         if resume:  # train_gan starts from epoch 0: a silent restart would undo the run
@@ -175,7 +164,6 @@ def train(
         normal_class=normal_class,
         image_shape=_image_shape(image_size, channels) if dataset == "images" else None,
         label_column=label_column,
-        extra={"generator_ema": generator_ema} if generator_ema else {},
     )
     splits = _load_training_data(train_cfg, _flat(dataset, arch), data_dir)
     if arch == "conv" and splits.image_shape and any(d % 4 for d in splits.image_shape[1:]):

@@ -110,7 +110,6 @@ def reproduce_commands(ckpt: Checkpoint, out: Path) -> list[str]:
         + (f" --label-column {t.label_column}" if t.label_column is not None else "")
         + (" --binarize" if t.binarize else "")
         + (f" --normal-class {t.normal_class}" if t.normal_class is not None else "")
-        + (f" --generator-ema {t.extra['generator_ema']:g}" if "generator_ema" in t.extra else "")
         + f" --epochs {int(phase['to_epoch'])} --batch-size {t.batch_size} --lr {phase['lr']:g}"
         f" --latent-dim {m.latent_dim} --hidden {','.join(map(str, m.hidden))}"
         f" --beta {m.beta:g} --seed {t.seed} --out {run}" + (" --resume" if i else "")

@@ -5,7 +5,6 @@ gives the generator strong gradients early, when D rejects its samples easily. C
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from pathlib import Path
@@ -103,39 +102,6 @@ def generator_loss(fake_logit: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
 
 
-def generator_ema(train_cfg: TrainConfig) -> float:
-    """The decay of the generator's weight average (0: none), from `TrainConfig.extra`."""
-    decay = float(train_cfg.extra.get("generator_ema", 0.0))
-    if not 0.0 <= decay < 1.0:
-        raise ValueError(f"generator_ema must be in [0, 1), got {decay}")
-    return decay
-
-
-@torch.no_grad()
-def _average_into(average: nn.Module, current: nn.Module, decay: float) -> None:
-    for a, c in zip(average.parameters(), current.parameters(), strict=True):
-        a.lerp_(c, 1.0 - decay)
-
-
-@torch.no_grad()
-def _refresh_batch_norm(generator: Generator, latent_dim: int, device: torch.device) -> None:
-    """Batch-norm statistics that belong to the averaged weights: the running means and variances
-    were gathered by the current generator, so they are measured again as an exact average over
-    fresh noise (BigGAN's 'standing statistics')."""
-    norms = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
-    generator.train()
-    g = torch.Generator(device="cpu").manual_seed(0)
-    for _ in range(20):
-        generator(torch.randn(256, latent_dim, generator=g).to(device))
-    generator.eval()
-    for m, momentum in zip(norms, saved, strict=True):
-        m.momentum = momentum
-
-
 def train_gan(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -143,14 +109,7 @@ def train_gan(
     splits: Splits | None = None,
     progress: bool = True,
 ) -> Path:
-    """Alternate one D step and one G step per batch; checkpoint after every epoch.
-
-    With `extra["generator_ema"]` = d, the checkpoint's generator is the exponential moving
-    average of the generator's weights (decay d per step; Yazici et al., "The unusual
-    effectiveness of averaging in GAN training", ICLR 2019): a GAN's generator circles around
-    an equilibrium, favouring some classes now and others later, and the average sits nearer
-    the middle. The last weights themselves are kept under `generator_last`."""
-    decay = generator_ema(train_cfg)
+    """Alternate one D step and one G step per batch; checkpoint after every epoch."""
     seed_everything(train_cfg.seed)
     if splits is None:
         splits = load_dataset(
@@ -160,7 +119,6 @@ def train_gan(
     gan = GAN(model_cfg).to(device)
     opt_g = torch.optim.Adam(gan.generator.parameters(), lr=train_cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(gan.discriminator.parameters(), lr=train_cfg.lr, betas=(0.5, 0.999))
-    averaged = copy.deepcopy(gan.generator).requires_grad_(False) if decay else None
     x_all = torch.from_numpy(splits.train.x).to(device)  # MNIST: 188 MB, once
     y_all = torch.from_numpy(splits.train.y).to(device)
     g = torch.Generator().manual_seed(train_cfg.seed)
@@ -192,8 +150,6 @@ def train_gan(
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()  # type: ignore[no-untyped-call]
             opt_g.step()
-            if averaged is not None:
-                _average_into(averaged, gan.generator, decay)
             d_value, g_value = d_loss.item(), g_loss.item()
             d_sum += d_value
             g_sum += g_value
@@ -205,21 +161,10 @@ def train_gan(
             "epoch_s": time.perf_counter() - started,  # each step's .item() waited for the device
         }
         bar.set_postfix(d_loss=f"{metrics['d_loss']:.3f}", g_loss=f"{metrics['g_loss']:.3f}")
-        weights = {k: v.detach().cpu() for k, v in gan.state_dict().items()}
-        extra_state: dict[str, Any] = {}
-        if averaged is not None:
-            _refresh_batch_norm(averaged, model_cfg.latent_dim, device)
-            extra_state["generator_last"] = {
-                k: v for k, v in weights.items() if k.startswith("generator.")
-            }
-            weights.update(
-                {f"generator.{k}": v.detach().cpu() for k, v in averaged.state_dict().items()}
-            )
         state: dict[str, Any] = {
             "model_config": to_dict(model_cfg),
             "train_config": to_dict(train_cfg),
-            "state_dict": weights,
-            **extra_state,
+            "state_dict": {k: v.detach().cpu() for k, v in gan.state_dict().items()},
             "optimizer": {"generator": opt_g.state_dict(), "discriminator": opt_d.state_dict()},
             "epoch": epoch + 1,
             "metrics": metrics,
