@@ -163,7 +163,9 @@ def _held_to_the_ceiling(workload: str, gpu: bool) -> bool:
     if "-n64-" not in workload:
         return False
     npy = workload.endswith("-npy")
-    return (gpu and npy) or workload.startswith("sample-") or workload.startswith("decode-") and npy
+    return (
+        (gpu and npy) or workload.startswith("sample-") or (workload.startswith("decode-") and npy)
+    )
 
 
 def check_targets(
