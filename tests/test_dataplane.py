@@ -49,6 +49,12 @@ def _manifest(name: str, **update: object) -> Manifest:
             ("discriminator",),
             id="gan-with-discriminator",
         ),
+        pytest.param(
+            "mnist-cdcgan",
+            {"sample", "decode", "interpolate", "anomaly-score"},
+            ("discriminator",),
+            id="conditional-gan",
+        ),
     ],
 )
 def test_capabilities_of_bundled_models(
@@ -57,7 +63,7 @@ def test_capabilities_of_bundled_models(
     caps = Capabilities.of(_manifest(name))
     assert set(caps.operations) == operations
     assert caps.score_methods == methods
-    assert caps.conditional == (name == "mnist-cvae")
+    assert caps.conditional == (name in ("mnist-cvae", "mnist-cdcgan"))
 
 
 def test_gan_without_discriminator_scores_nothing() -> None:
@@ -265,7 +271,9 @@ async def test_request_timeout_header(client) -> None:
         assert r.status_code == 422 and r.json()["error"]["field"] == "X-Request-Timeout"
 
 
-@pytest.mark.parametrize("name", ["digits-vae", "mnist-conv-vae", "mnist-cvae", "mnist-dcgan"])
+@pytest.mark.parametrize(
+    "name", ["digits-vae", "mnist-conv-vae", "mnist-cvae", "mnist-dcgan", "mnist-cdcgan"]
+)
 def test_every_score_method_of_a_bundled_model_is_calibrated(name: str) -> None:
     manifest = _manifest(name)
     methods = {m.value for m in Capabilities.of(manifest).score_methods}

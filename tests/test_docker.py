@@ -213,6 +213,7 @@ def test_the_cpu_targets_install_steps_and_command_serve_in_a_fresh_venv(
             "mnist-conv-vae": "cpu",
             "mnist-cvae": "cpu",
             "mnist-dcgan": "cpu",
+            "mnist-cdcgan": "cpu",
         }
         r = httpx.post(f"{url}/sample", json={"n": 3, "seed": 1})
         assert r.status_code == 200 and len(r.json()["samples"]) == 3

@@ -269,3 +269,22 @@ def test_bundled_mnist_models_serve_through_the_sdk(live_server: LiveServer) -> 
         d_noise = c.anomaly_score(noise, method="discriminator", model="mnist-dcgan")
         d_fakes = c.anomaly_score(fakes, method="discriminator", model="mnist-dcgan")
         assert np.median(d_noise.scores) > np.median(d_fakes.scores)
+
+        # the conditional GAN draws the asked-for labels and needs them to score as well
+        labels = np.arange(40) % 10
+        drawn = c.sample(40, seed=0, labels=labels, model="mnist-cdcgan")
+        assert drawn.shape == (40, 1, 28, 28)
+        d_drawn = c.anomaly_score(
+            drawn, method="discriminator", labels=labels, model="mnist-cdcgan"
+        )
+        d_noise = c.anomaly_score(
+            noise, method="discriminator", labels=np.arange(32) % 10, model="mnist-cdcgan"
+        )
+        assert np.median(d_noise.scores) > np.median(d_drawn.scores)
+        for call in (
+            lambda: c.sample(2, model="mnist-cdcgan"),
+            lambda: c.anomaly_score(drawn, method="discriminator", model="mnist-cdcgan"),
+        ):
+            with pytest.raises(APIError) as err:
+                call()
+            assert err.value.status == 422 and err.value.field == "labels"

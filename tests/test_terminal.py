@@ -85,7 +85,13 @@ def test_models_lists_what_the_server_serves(live_server: LiveServer) -> None:
     done = runner.invoke(cli, ["models", "--url", live_server.url])
     assert done.exit_code == 0, done.output
     rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[1:]}
-    assert set(rows) == {"digits-vae", "mnist-conv-vae", "mnist-cvae", "mnist-dcgan"}
+    assert set(rows) == {
+        "digits-vae",
+        "mnist-conv-vae",
+        "mnist-cvae",
+        "mnist-dcgan",
+        "mnist-cdcgan",
+    }
     assert rows["mnist-dcgan"][1:5] == ["1", "gan", "ready", "cpu"]
     assert "anomaly-score" in rows["mnist-dcgan"][5:][-1]
     down = runner.invoke(cli, ["models", "--url", "http://127.0.0.1:9"])

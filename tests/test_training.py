@@ -274,3 +274,53 @@ def test_gan_training_shows_each_batch_in_a_terminal(
     bar = rf"epoch 1/1: 100%\|.*\| {n}/{n} \[[^]]*{RATE}, d_loss=\d\.\d+, g_loss=\d\.\d+\]"
     assert re.search(bar, text), text
     assert re.search(r"epochs: 100%\|.*\| 1/1 .*d_loss=\d\.\d+, g_loss=\d\.\d+\]", text)
+
+
+def test_iwae_objective_is_the_served_iwae_bound(trained, tmp_path: Path) -> None:
+    """The training objective with k samples is the bound the service reports as `iwae`: with
+    many samples both estimate the same log p(x), and more samples give a tighter bound."""
+    import asyncio
+
+    from service.capabilities import ScoreMethod
+    from training.losses import iwae_loss
+    from training.train import binarized
+
+    _, ckpt_path = trained
+    ckpt = load_checkpoint(ckpt_path)
+    folder = tmp_path / "tiny-vae"
+    export_checkpoint(ckpt, folder, "tiny-vae")
+    x = binarized(load_digits(seed=0).test, seed=1).x[:40]
+    served = asyncio.run(
+        load_exported(folder).anomaly_scores(x, ScoreMethod.IWAE, k=4000, seed=0)
+    ).scores
+
+    def bound(k: int) -> float:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            x_t = torch.from_numpy(x)
+            logits, z, mean, log_var = ckpt.model.forward_samples(x_t, None, k)
+            loss, rec, kl = iwae_loss(logits, x_t, z, mean, log_var)
+        assert rec.item() > 0 and kl.item() > 0
+        return loss.item()
+
+    assert bound(4000) == pytest.approx(float(served.mean()), abs=0.05)
+    b1, b50, b4000 = bound(1), bound(50), bound(4000)
+    assert b1 > b50 + 0.2 and b50 > b4000  # the ELBO is the loosest
+
+
+def test_iwae_training_runs_and_is_replayed_by_the_card(tmp_path: Path) -> None:
+    splits = load_digits(seed=0)
+    cfg = ModelConfig(kind="vae", latent_dim=2, hidden=(16,))
+    config = TrainConfig(epochs=2, seed=3, importance_samples=5)
+    ckpt = load_checkpoint(train(cfg, config, tmp_path / "iwae", splits=splits, progress=False))
+    assert ckpt.train_config.importance_samples == 5
+    assert math.isfinite(ckpt.metrics["val_loss"])
+    (command,) = [c for c in reproduce_commands(ckpt, Path("models/x")) if " train " in c]
+    assert "--importance-samples 5 " in command
+    elbo = load_checkpoint(
+        train(cfg, TrainConfig(epochs=2, seed=3), tmp_path / "elbo", splits=splits, progress=False)
+    )
+    assert "--importance-samples" not in " ".join(reproduce_commands(elbo, Path("models/x")))
+    for bad in (ModelConfig(kind="vae", beta=2.0), ModelConfig(kind="ae")):
+        with pytest.raises(ValueError, match="beta 1"):
+            train(bad, config, tmp_path / "bad", splits=splits, progress=False)

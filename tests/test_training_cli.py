@@ -116,6 +116,19 @@ def test_gans_refuse_resume_instead_of_restarting(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    "args", [["--model", "gan"], ["--model", "vae", "--beta", "2"], ["--model", "ae"]]
+)
+def test_iwae_objective_is_refused_where_it_bounds_nothing(args: list[str], tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        training_cli,
+        ["train", *args, "--importance-samples", "5", "--out", str(tmp_path / "run")],
+    )
+    assert result.exit_code == 2 and "--importance-samples" in result.output
+    assert "--beta 1" in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def _checkpoint_made_elsewhere(tmp_path: Path) -> Path:
     """An untrained MNIST checkpoint whose config names a data folder this machine lacks."""
     import torch

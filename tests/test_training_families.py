@@ -12,10 +12,12 @@ import torch
 from service.capabilities import Capabilities, ScoreMethod
 from service.manifest import Manifest, PartRole
 from training.calibrate import calibrate, load_exported
+from training.classifier import predict, train_classifier
 from training.config import ModelConfig, TrainConfig
 from training.data import load_digits
+from training.evaluate import sample_quality
 from training.export import export_checkpoint
-from training.gan import discriminator_loss, generator_loss, train_gan
+from training.gan import GAN, discriminator_loss, generator_loss, train_gan
 from training.train import load_checkpoint, train
 
 pytestmark = pytest.mark.slow
@@ -128,3 +130,78 @@ def test_dcgan_trains_exports_and_scores(image_digits, tmp_path: Path) -> None:
     with torch.no_grad():
         logit = ckpt.model.discriminator(torch.from_numpy(x)).numpy()[:, 0]
     np.testing.assert_allclose(scores, np.logaddexp(0, -logit), rtol=1e-4, atol=1e-5)
+
+
+def test_conditional_discriminator_checks_the_label() -> None:
+    """A projection discriminator: how much a label raises the logit depends on the image (a
+    label concatenated before the last layer would shift every image's logit alike, so D would
+    judge every class's images by one standard)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        kind="cgan",
+        arch="conv",
+        input_shape=(1, 8, 8),
+        image_shape=(1, 8, 8),
+        hidden=(4,),
+        num_classes=3,
+    )
+    gan = GAN(cfg).eval()
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        logits = torch.stack(
+            [gan.discriminator(x, gan.onehot(torch.full((2,), c))) for c in range(3)]
+        )[:, :, 0]  # (class, image)
+    gain_0, gain_1 = (logits[1] - logits[0]).tolist()
+    assert abs(gain_0 - gain_1) > 1e-3
+    with pytest.raises(ValueError, match="labels"):
+        gan.discriminator(x)
+
+
+def test_conditional_gan_trains_exports_and_scores(image_digits, tmp_path: Path) -> None:
+    cfg = ModelConfig(
+        kind="cgan",
+        arch="conv",
+        input_shape=(1, 8, 8),
+        image_shape=(1, 8, 8),
+        latent_dim=8,
+        hidden=(8,),
+        num_classes=10,
+    )
+    ckpt = load_checkpoint(
+        train_gan(
+            cfg,
+            TrainConfig(epochs=2, lr=2e-4, batch_size=64),
+            tmp_path / "run",
+            splits=image_digits,
+            progress=False,
+        )
+    )
+    folder = tmp_path / "cdcgan"
+    manifest = export_checkpoint(ckpt, folder, "cdcgan")
+    assert manifest.conditional and manifest.num_classes == 10
+    assert [s.name for s in manifest.parts[PartRole.DISCRIMINATOR].inputs] == ["x", "label"]
+    calibrate(folder, image_digits.val, "digits val")
+    model = load_exported(folder)
+    labels = np.arange(10, dtype=np.int64)
+    samples, z = asyncio.run(model.sample(10, seed=3, labels=labels))
+    with torch.no_grad():
+        expected = torch.sigmoid(
+            ckpt.model.generator(torch.from_numpy(z), ckpt.model.onehot(torch.from_numpy(labels)))
+        ).numpy()
+    np.testing.assert_allclose(samples, expected, atol=1e-4)
+    x = image_digits.test.x[:10]
+    y = image_digits.test.y[:10].astype(np.int64)
+    scores = asyncio.run(model.anomaly_scores(x, ScoreMethod.DISCRIMINATOR, labels=y)).scores
+    with torch.no_grad():
+        onehot = ckpt.model.onehot(torch.from_numpy(y))
+        logit = ckpt.model.discriminator(torch.from_numpy(x), onehot).numpy()[:, 0]
+    np.testing.assert_allclose(scores, np.logaddexp(0, -logit), rtol=1e-4, atol=1e-5)
+    # the evaluation's sample figures: the mean over labels and the weakest label
+    judge = train_classifier(image_digits.train, epochs=1, progress=False)
+    quality = sample_quality(folder, judge, image_digits.val, image_digits.test, n=200)
+    drawn, _ = asyncio.run(model.sample(200, seed=0, labels=np.arange(200) % 10))
+    predicted, _ = predict(judge, drawn)
+    per_label = [(predicted[np.arange(200) % 10 == c] == c).mean() for c in range(10)]
+    assert quality["conditional_accuracy"] == pytest.approx(np.mean(per_label))
+    assert quality["conditional_accuracy_min"] == pytest.approx(min(per_label))
+    assert quality["conditional_accuracy_min"] < quality["conditional_accuracy"]

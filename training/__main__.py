@@ -134,6 +134,10 @@ def train(
         "128,64"
     ),
     beta: Annotated[float, typer.Option(help="KL weight (beta-VAE when > 1)")] = 1.0,
+    importance_samples: Annotated[
+        int,
+        typer.Option(min=1, help="Train a VAE on the IWAE bound with this many samples (> 1)"),
+    ] = 1,
     normal_class: Annotated[int | None, typer.Option(help="Train on this class only")] = None,
     seed: int = 0,
     device: str = "cpu",
@@ -150,6 +154,11 @@ def train(
         arch = "conv"
         if resume:  # train_gan starts from epoch 0: a silent restart would undo the run
             raise typer.BadParameter("GANs cannot resume yet: train them in one run")
+    if importance_samples > 1 and (model not in ("vae", "cvae") or beta != 1.0):
+        raise typer.BadParameter(
+            "the IWAE objective bounds log p(x): use it with --model vae or cvae and --beta 1",
+            param_hint="--importance-samples",
+        )
     if dataset == "arrays" and arch != "mlp":
         raise typer.BadParameter("tabular arrays need --arch mlp (and a VAE or AE)")
     train_cfg = TrainConfig(
@@ -164,6 +173,7 @@ def train(
         normal_class=normal_class,
         image_shape=_image_shape(image_size, channels) if dataset == "images" else None,
         label_column=label_column,
+        importance_samples=importance_samples,
     )
     splits = _load_training_data(train_cfg, _flat(dataset, arch), data_dir)
     if arch == "conv" and splits.image_shape and any(d % 4 for d in splits.image_shape[1:]):

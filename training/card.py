@@ -112,7 +112,10 @@ def reproduce_commands(ckpt: Checkpoint, out: Path) -> list[str]:
         + (f" --normal-class {t.normal_class}" if t.normal_class is not None else "")
         + f" --epochs {int(phase['to_epoch'])} --batch-size {t.batch_size} --lr {phase['lr']:g}"
         f" --latent-dim {m.latent_dim} --hidden {','.join(map(str, m.hidden))}"
-        f" --beta {m.beta:g} --seed {t.seed} --out {run}" + (" --resume" if i else "")
+        f" --beta {m.beta:g}"
+        + (f" --importance-samples {t.importance_samples}" if t.importance_samples > 1 else "")
+        + f" --seed {t.seed} --out {run}"
+        + (" --resume" if i else "")
         for i, phase in enumerate(phases)
     ]
     return [*download, *train, f"python -m training export {run}/checkpoint.pt --out {out}"]

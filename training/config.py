@@ -44,6 +44,7 @@ class TrainConfig:
     binarize: bool = False  # dynamic binarization: fresh x ~ Bernoulli(pixel) every batch
     image_shape: tuple[int, int, int] | None = None  # images: (channels, height, width)
     label_column: str | None = None  # arrays (.csv): the column holding class labels
+    importance_samples: int = 1  # > 1: train on the IWAE bound with this many samples
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -122,4 +122,8 @@ def sample_quality(
     }
     if labels is not None:
         out["conditional_accuracy"] = float((predicted == labels).mean())
+        # the weakest label: a good mean can hide one class the model cannot draw
+        out["conditional_accuracy_min"] = min(
+            float((predicted[labels == c] == c).mean()) for c in np.unique(labels)
+        )
     return out

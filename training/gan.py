@@ -1,7 +1,13 @@
 """DCGAN: a generator G(z) from Gaussian noise and a discriminator D(x) -> logit, trained on the
 minimax game with the non-saturating generator loss -log D(G(z)) (Goodfellow et al. 2014), which
 gives the generator strong gradients early, when D rejects its samples easily. Conditional when
-`num_classes` is set (one-hot label concatenated to z and to D's features)."""
+`num_classes` is set: the one-hot label is concatenated to z, and D is a projection discriminator
+(Miyato & Koyama 2018): its logit adds the inner product of a learned class embedding with D's
+features, so what D accepts as real depends on the class and the generator is pushed toward each
+class's own images. Concatenating the label to D's features before the last linear layer, the
+obvious form, only adds a per-class bias to the logit: D then never looks at the label together
+with the image, and the generator may ignore it. D never sees a real image under a wrong label,
+so its score is not a check that an image matches its label (docs/evaluation.md measures this)."""
 
 from __future__ import annotations
 
@@ -48,7 +54,7 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """(B, 1, 28, 28) in [0, 1] [+ one-hot] -> (B, 1) logit of 'real'."""
+    """(B, 1, 28, 28) in [0, 1] [+ one-hot] -> (B, 1) logit of 'real' (of the given class)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -61,13 +67,19 @@ class Discriminator(nn.Module):
             nn.BatchNorm2d(2 * ch),
             nn.LeakyReLU(0.2),
         )
-        self.head = nn.Linear(2 * ch * (h // 4) * (w // 4) + (cfg.num_classes or 0), 1)
+        features = 2 * ch * (h // 4) * (w // 4)
+        self.head = nn.Linear(features, 1)
+        self.class_embedding = (
+            nn.Linear(cfg.num_classes, features, bias=False) if cfg.num_classes else None
+        )
 
     def forward(self, x: Tensor, onehot: Tensor | None = None) -> Tensor:
         h = self.conv(x).flatten(1)
-        if onehot is not None:
-            h = torch.cat([h, onehot], dim=1)
         logit: Tensor = self.head(h)
+        if self.class_embedding is not None:
+            if onehot is None:
+                raise ValueError("conditional discriminator needs labels")
+            logit = logit + (self.class_embedding(onehot) * h).sum(dim=1, keepdim=True)
         return logit
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -24,6 +26,29 @@ def vae_loss(
     rec = reconstruction_nll(logits, x)
     kl = kl_to_standard_normal(mean, log_var)
     return (rec + beta * kl).mean(), rec.mean(), kl.mean()
+
+
+def iwae_loss(
+    logits: Tensor, x: Tensor, z: Tensor, mean: Tensor, log_var: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Negative IWAE bound (Burda et al. 2016), mean over batch, with the per-sample
+    reconstruction and Monte Carlo KL averaged over the k samples (for the progress figures).
+
+    logits (k, B, ...) are the decoder's outputs for z (k, B, L) drawn from q(z|x). The bound
+    log (1/k) sum_i p(x, z_i) / q(z_i|x) tightens towards log p(x) as k grows, so training on it
+    (k > 1) optimises the likelihood the served `iwae` score reports rather than the looser
+    ELBO; with k = 1 it is the ELBO with a sampled KL term."""
+    k = z.shape[0]
+    log_px_z = (
+        -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
+        .flatten(2)
+        .sum(2)
+    )
+    log_2pi = math.log(2 * math.pi)
+    log_pz = -0.5 * (z.pow(2) + log_2pi).sum(2)
+    log_qz = -0.5 * ((z - mean).pow(2) / log_var.exp() + log_var + log_2pi).sum(2)
+    bound = torch.logsumexp(log_px_z + log_pz - log_qz, dim=0) - math.log(k)
+    return -bound.mean(), -log_px_z.mean(), (log_qz - log_pz).mean()
 
 
 def ae_loss(logits: Tensor, x: Tensor) -> Tensor:

@@ -137,6 +137,18 @@ class VAE(nn.Module):
         z = mean if self.deterministic else self.reparametrize(mean, log_var)
         return self.decoder(z, c), mean, log_var
 
+    def forward_samples(
+        self, x: Tensor, y: Tensor | None, k: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """k latent draws per example for the IWAE objective: logits (k, B, ...), z (k, B, L),
+        and q's mean and log-variance (B, L); the decoder runs once on all k * B draws."""
+        c = self.onehot(y)
+        mean, log_var = self.encoder(x, c)
+        eps = torch.randn(k, *mean.shape, device=mean.device, dtype=mean.dtype)
+        z = mean + torch.exp(0.5 * log_var) * eps
+        logits = self.decoder(z.flatten(0, 1), None if c is None else c.repeat(k, 1))
+        return logits.view(k, *x.shape), z, mean, log_var
+
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
         z = torch.randn(n, self.cfg.latent_dim)

@@ -16,7 +16,7 @@ from training import distributed
 from training.config import ModelConfig, TrainConfig, to_dict
 from training.data import Split, Splits, load_dataset
 from training.distributed import DistContext
-from training.losses import ae_loss, seed_everything, vae_loss
+from training.losses import ae_loss, iwae_loss, seed_everything, vae_loss
 from training.models import VAE, build_model
 from training.progress import batch_bar, epoch_bar
 
@@ -96,10 +96,19 @@ def _loader(
 
 
 def _step(
-    model: VAE, x: torch.Tensor, y: torch.Tensor, forward: torch.nn.Module | None = None
+    model: VAE,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    forward: torch.nn.Module | None = None,
+    importance_samples: int = 1,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one batch; `forward` is the DDP wrapper when training distributed."""
+    """Loss of one batch; `forward` is the DDP wrapper when training distributed (the IWAE
+    objective, `importance_samples` > 1, runs in one process only)."""
     labels = y if model.cfg.num_classes else None
+    if importance_samples > 1:
+        logits, z, mean, log_var = model.forward_samples(x, labels, importance_samples)
+        loss, rec, kl = iwae_loss(logits, x, z, mean, log_var)
+        return loss, {"loss": loss.item(), "rec": rec.item(), "kl": kl.item()}
     logits, mean, log_var = (forward or model)(x, labels)
     if model.deterministic:
         loss = ae_loss(logits, x)
@@ -116,15 +125,18 @@ def binarized(split: Split, seed: int) -> Split:
 
 
 @torch.no_grad()
-def evaluate_loss(model: VAE, split: Split, batch_size: int = 512) -> dict[str, float]:
-    """Mean loss terms over a split (nats per example), with a fixed seed for the noise."""
+def evaluate_loss(
+    model: VAE, split: Split, batch_size: int = 512, importance_samples: int = 1
+) -> dict[str, float]:
+    """Mean loss terms over a split (nats per example), with a fixed seed for the noise: the
+    training objective, so an IWAE run's validation loss is its IWAE bound."""
     model.eval()
     torch.manual_seed(0)
     totals: dict[str, float] = {}
     n = 0
     device = next(model.parameters()).device
     for x, y in _loader(split, batch_size, shuffle=False, seed=0):
-        _, parts = _step(model, x.to(device), y.to(device))
+        _, parts = _step(model, x.to(device), y.to(device), importance_samples=importance_samples)
         for k, v in parts.items():
             totals[k] = totals.get(k, 0.0) + v * len(x)
         n += len(x)
@@ -146,8 +158,16 @@ def train(
     train_split = splits.train
     if train_cfg.normal_class is not None:
         train_split = train_split.only(train_cfg.normal_class)
+    k = train_cfg.importance_samples
+    if k < 1:
+        raise ValueError(f"importance_samples must be >= 1, got {k}")
+    if k > 1 and (model_cfg.kind not in ("vae", "cvae") or model_cfg.beta != 1.0):
+        raise ValueError("the IWAE objective bounds log p(x): it needs a VAE with beta 1")
     ckpt_path = out_dir / CHECKPOINT_NAME
     ctx, device = distributed.setup(train_cfg.device)
+    if k > 1 and ctx.enabled:
+        distributed.teardown(ctx)
+        raise ValueError("the IWAE objective trains in one process, not distributed")
     model = build_model(model_cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
     start_epoch = 0
@@ -184,7 +204,7 @@ def train(
             x, y = x.to(device), y.to(device)
             if train_cfg.binarize:
                 x = torch.bernoulli(x)
-            loss, parts = _step(model, x, y, forward)
+            loss, parts = _step(model, x, y, forward, importance_samples=k)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
@@ -192,7 +212,8 @@ def train(
         epoch_s = time.perf_counter() - started  # each step's .item() waited for the device
         if ctx.is_main:
             val = binarized(splits.val, seed=0) if train_cfg.binarize else splits.val
-            metrics = {f"val_{k}": v for k, v in evaluate_loss(model, val).items()}
+            val_loss = evaluate_loss(model, val, importance_samples=k)
+            metrics = {f"val_{name}": v for name, v in val_loss.items()}
             metrics["train_loss"] = parts["loss"]
             metrics["epoch_s"] = epoch_s
             bar.set_postfix(
