@@ -321,6 +321,25 @@ def test_iwae_training_runs_and_is_replayed_by_the_card(tmp_path: Path) -> None:
         train(cfg, TrainConfig(epochs=2, seed=3), tmp_path / "elbo", splits=splits, progress=False)
     )
     assert "--importance-samples" not in " ".join(reproduce_commands(elbo, Path("models/x")))
+    # ELBO first, then resumed on the IWAE bound: two phases, each replayed with its objective
+    tuned = load_checkpoint(
+        train(
+            cfg,
+            TrainConfig(epochs=3, seed=3, importance_samples=5),
+            tmp_path / "elbo",
+            splits=splits,
+            resume=True,
+            progress=False,
+        )
+    )
+    lr = TrainConfig().lr
+    assert tuned.history == [
+        {"to_epoch": 2, "lr": lr},
+        {"to_epoch": 3, "lr": lr, "importance_samples": 5},
+    ]
+    first, then = [c for c in reproduce_commands(tuned, Path("models/x")) if " train " in c]
+    assert "--importance-samples" not in first and "--epochs 2 " in first
+    assert "--importance-samples 5 " in then and then.endswith("--resume")
     for bad in (ModelConfig(kind="vae", beta=2.0), ModelConfig(kind="ae")):
         with pytest.raises(ValueError, match="beta 1"):
             train(bad, config, tmp_path / "bad", splits=splits, progress=False)

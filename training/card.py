@@ -11,7 +11,7 @@ from PIL import Image
 from service.manifest import Manifest
 from training.calibrate import load_exported
 from training.download import SOURCES
-from training.train import Checkpoint
+from training.train import Checkpoint, training_phase
 
 
 def image_grid(
@@ -96,7 +96,7 @@ def reproduce_commands(ckpt: Checkpoint, out: Path) -> list[str]:
     the cache that `python -m training download` fills."""
     m, t = ckpt.model_config, ckpt.train_config
     run = f"runs/{out.name}"
-    phases = ckpt.history or [{"to_epoch": ckpt.epoch, "lr": t.lr}]
+    phases = ckpt.history or [training_phase(ckpt.epoch, t)]
     cached = t.dataset in SOURCES  # what `python -m training download` fetches
     download = [f"python -m training download {t.dataset}"] if cached else []
     train = [
@@ -113,7 +113,11 @@ def reproduce_commands(ckpt: Checkpoint, out: Path) -> list[str]:
         + f" --epochs {int(phase['to_epoch'])} --batch-size {t.batch_size} --lr {phase['lr']:g}"
         f" --latent-dim {m.latent_dim} --hidden {','.join(map(str, m.hidden))}"
         f" --beta {m.beta:g}"
-        + (f" --importance-samples {t.importance_samples}" if t.importance_samples > 1 else "")
+        + (
+            f" --importance-samples {int(phase['importance_samples'])}"
+            if "importance_samples" in phase
+            else ""
+        )
         + f" --seed {t.seed} --out {run}"
         + (" --resume" if i else "")
         for i, phase in enumerate(phases)

@@ -30,7 +30,7 @@ from service.manifest import (
     sha256_file,
 )
 from training.config import to_dict
-from training.train import Checkpoint
+from training.train import Checkpoint, training_phase
 
 log = logging.getLogger("training.export")
 
@@ -268,8 +268,8 @@ def export_checkpoint(
             "model": to_dict(cfg),
             "train": to_dict(ckpt.train_config),
             "epochs": ckpt.epoch,
-            # each learning-rate phase (a resume with a new --lr starts one), as the card replays
-            "phases": ckpt.history or [{"to_epoch": ckpt.epoch, "lr": ckpt.train_config.lr}],
+            # each phase (a resume with a new --lr or objective starts one), as the card replays
+            "phases": ckpt.history or [training_phase(ckpt.epoch, ckpt.train_config)],
         },
         # the model's figures; an epoch's seconds say more about the machine than the model
         metrics={

@@ -33,9 +33,22 @@ class Checkpoint:
     optimizer_state: dict[str, Any] | None
     epoch: int
     metrics: dict[str, float]
-    # One entry per training phase ({"to_epoch", "lr"}): a run resumed with a new --lr has two,
-    # and the model card's reproduce commands replay each.
+    # One entry per training phase (`training_phase`): a run resumed with a new --lr or
+    # objective has two, and the model card's reproduce commands replay each.
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def training_phase(to_epoch: int, cfg: TrainConfig) -> dict[str, float]:
+    """One phase of a run: its last epoch, learning rate and, for the IWAE objective, its
+    number of samples (absent for the ELBO, as in checkpoints made before the option)."""
+    phase: dict[str, float] = {"to_epoch": to_epoch, "lr": cfg.lr}
+    if cfg.importance_samples > 1:
+        phase["importance_samples"] = cfg.importance_samples
+    return phase
+
+
+def _same_phase(phase: dict[str, float], cfg: TrainConfig) -> bool:
+    return phase["lr"] == cfg.lr and phase.get("importance_samples", 1) == cfg.importance_samples
 
 
 def save_checkpoint(
@@ -182,8 +195,8 @@ def train(
         start_epoch = ckpt.epoch
         history = [h for h in ckpt.history if h["to_epoch"] <= start_epoch]
         if not history or history[-1]["to_epoch"] != start_epoch:  # older checkpoints: one phase
-            history.append({"to_epoch": start_epoch, "lr": ckpt.train_config.lr})
-        if history[-1]["lr"] == train_cfg.lr:  # the same phase goes on
+            history.append(training_phase(start_epoch, ckpt.train_config))
+        if _same_phase(history[-1], train_cfg):  # the same phase goes on
             history.pop()
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
 
@@ -219,7 +232,7 @@ def train(
             bar.set_postfix(
                 train_loss=f"{metrics['train_loss']:.2f}", val_loss=f"{metrics['val_loss']:.2f}"
             )
-            phases = [*history, {"to_epoch": epoch + 1, "lr": train_cfg.lr}]
+            phases = [*history, training_phase(epoch + 1, train_cfg)]
             save_checkpoint(ckpt_path, model, optimizer, train_cfg, epoch + 1, metrics, phases)
         distributed.barrier(ctx)
     distributed.teardown(ctx)
