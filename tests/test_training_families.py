@@ -18,7 +18,7 @@ from training.data import load_digits
 from training.evaluate import sample_quality
 from training.export import export_checkpoint
 from training.gan import GAN, discriminator_loss, generator_loss, train_gan
-from training.train import load_checkpoint, train
+from training.train import Checkpoint, load_checkpoint, train
 
 pytestmark = pytest.mark.slow
 
@@ -99,23 +99,23 @@ def test_fp16_copy_is_served_within_bound(conv_vae) -> None:
     assert np.abs(a - b).max() < 5e-3  # outputs in [0, 1]; fp16 keeps ~3 decimal digits
 
 
-def test_dcgan_trains_exports_and_scores(image_digits, tmp_path: Path) -> None:
+def _tiny_gan(image_digits, run: Path, num_classes: int | None = None) -> Checkpoint:
+    """A DCGAN (conditional with `num_classes`) trained for two epochs on 8x8 digits."""
     cfg = ModelConfig(
-        kind="gan",
+        kind="gan" if num_classes is None else "cgan",
         arch="conv",
         input_shape=(1, 8, 8),
         image_shape=(1, 8, 8),
         latent_dim=8,
         hidden=(8,),
+        num_classes=num_classes,
     )
-    ckpt_path = train_gan(
-        cfg,
-        TrainConfig(epochs=2, lr=2e-4, batch_size=64),
-        tmp_path / "run",
-        splits=image_digits,
-        progress=False,
-    )
-    ckpt = load_checkpoint(ckpt_path)
+    config = TrainConfig(epochs=2, lr=2e-4, batch_size=64)
+    return load_checkpoint(train_gan(cfg, config, run, splits=image_digits, progress=False))
+
+
+def test_dcgan_trains_exports_and_scores(image_digits, tmp_path: Path) -> None:
+    ckpt = _tiny_gan(image_digits, tmp_path / "run")
     assert set(ckpt.metrics) == {"d_loss", "g_loss", "epoch_s"} and ckpt.metrics["epoch_s"] > 0
     folder = tmp_path / "dcgan"
     manifest = export_checkpoint(ckpt, folder, "dcgan")
@@ -158,24 +158,7 @@ def test_conditional_discriminator_checks_the_label() -> None:
 
 
 def test_conditional_gan_trains_exports_and_scores(image_digits, tmp_path: Path) -> None:
-    cfg = ModelConfig(
-        kind="cgan",
-        arch="conv",
-        input_shape=(1, 8, 8),
-        image_shape=(1, 8, 8),
-        latent_dim=8,
-        hidden=(8,),
-        num_classes=10,
-    )
-    ckpt = load_checkpoint(
-        train_gan(
-            cfg,
-            TrainConfig(epochs=2, lr=2e-4, batch_size=64),
-            tmp_path / "run",
-            splits=image_digits,
-            progress=False,
-        )
-    )
+    ckpt = _tiny_gan(image_digits, tmp_path / "run", num_classes=10)
     folder = tmp_path / "cdcgan"
     manifest = export_checkpoint(ckpt, folder, "cdcgan")
     assert manifest.conditional and manifest.num_classes == 10
