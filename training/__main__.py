@@ -148,13 +148,14 @@ def train(
 
     from training.config import ModelConfig, TrainConfig
     from training.gan import train_gan
+    from training.train import bounds_likelihood
     from training.train import train as run_training
 
     if model in ("gan", "cgan"):
         arch = "conv"
         if resume:  # train_gan starts from epoch 0: a silent restart would undo the run
             raise typer.BadParameter("GANs cannot resume yet: train them in one run")
-    if importance_samples > 1 and (model not in ("vae", "cvae") or beta != 1.0):
+    if importance_samples > 1 and not bounds_likelihood(model, beta):
         raise typer.BadParameter(
             "the IWAE objective bounds log p(x): use it with --model vae or cvae and --beta 1",
             param_hint="--importance-samples",

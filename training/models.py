@@ -144,8 +144,7 @@ class VAE(nn.Module):
         and q's mean and log-variance (B, L); the decoder runs once on all k * B draws."""
         c = self.onehot(y)
         mean, log_var = self.encoder(x, c)
-        eps = torch.randn(k, *mean.shape, device=mean.device, dtype=mean.dtype)
-        z = mean + torch.exp(0.5 * log_var) * eps
+        z = self.reparametrize(mean.expand(k, *mean.shape), log_var.expand(k, *log_var.shape))
         logits = self.decoder(z.flatten(0, 1), None if c is None else c.repeat(k, 1))
         return logits.view(k, *x.shape), z, mean, log_var
 

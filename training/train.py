@@ -38,6 +38,12 @@ class Checkpoint:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def bounds_likelihood(kind: str, beta: float) -> bool:
+    """Whether the IWAE objective applies: it bounds log p(x), which only a VAE (or CVAE) with
+    the plain KL weight has."""
+    return kind in ("vae", "cvae") and beta == 1.0
+
+
 def training_phase(to_epoch: int, cfg: TrainConfig) -> dict[str, float]:
     """One phase of a run: its last epoch, learning rate and, for the IWAE objective, its
     number of samples (absent for the ELBO, as in checkpoints made before the option)."""
@@ -174,7 +180,7 @@ def train(
     k = train_cfg.importance_samples
     if k < 1:
         raise ValueError(f"importance_samples must be >= 1, got {k}")
-    if k > 1 and (model_cfg.kind not in ("vae", "cvae") or model_cfg.beta != 1.0):
+    if k > 1 and not bounds_likelihood(model_cfg.kind, model_cfg.beta):
         raise ValueError("the IWAE objective bounds log p(x): it needs a VAE with beta 1")
     ckpt_path = out_dir / CHECKPOINT_NAME
     ctx, device = distributed.setup(train_cfg.device)
