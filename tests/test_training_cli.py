@@ -129,6 +129,22 @@ def test_iwae_objective_is_refused_where_it_bounds_nothing(args: list[str], tmp_
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--model", "cgan", "--pack", "2"], "unconditional GANs"),
+        (["--model", "vae", "--pack", "2"], "unconditional GANs"),
+        (["--model", "gan", "--pack", "3", "--batch-size", "64"], "not a multiple of --pack 3"),
+    ],
+)
+def test_packing_is_refused_where_packs_cannot_form(
+    args: list[str], says: str, tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(training_cli, ["train", *args, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--pack" in result.output and says in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def _checkpoint_made_elsewhere(tmp_path: Path) -> Path:
     """An untrained MNIST checkpoint whose config names a data folder this machine lacks."""
     import torch

@@ -99,8 +99,9 @@ def test_fp16_copy_is_served_within_bound(conv_vae) -> None:
     assert np.abs(a - b).max() < 5e-3  # outputs in [0, 1]; fp16 keeps ~3 decimal digits
 
 
-def _tiny_gan(image_digits, run: Path, num_classes: int | None = None) -> Checkpoint:
-    """A DCGAN (conditional with `num_classes`) trained for two epochs on 8x8 digits."""
+def _tiny_gan(image_digits, run: Path, num_classes: int | None = None, pack: int = 1) -> Checkpoint:
+    """A DCGAN (conditional with `num_classes`, judged in packs with `pack`) trained for two
+    epochs on 8x8 digits."""
     cfg = ModelConfig(
         kind="gan" if num_classes is None else "cgan",
         arch="conv",
@@ -109,6 +110,7 @@ def _tiny_gan(image_digits, run: Path, num_classes: int | None = None) -> Checkp
         latent_dim=8,
         hidden=(8,),
         num_classes=num_classes,
+        pack=pack,
     )
     config = TrainConfig(epochs=2, lr=2e-4, batch_size=64)
     return load_checkpoint(train_gan(cfg, config, run, splits=image_digits, progress=False))
@@ -130,6 +132,48 @@ def test_dcgan_trains_exports_and_scores(image_digits, tmp_path: Path) -> None:
     with torch.no_grad():
         logit = ckpt.model.discriminator(torch.from_numpy(x)).numpy()[:, 0]
     np.testing.assert_allclose(scores, np.logaddexp(0, -logit), rtol=1e-4, atol=1e-5)
+
+
+def test_a_packing_discriminator_judges_each_pack_as_one() -> None:
+    """PacGAN: one logit per pack of consecutive images, moved by every member of its pack and by
+    no other pack's images."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        kind="gan", arch="conv", input_shape=(1, 8, 8), image_shape=(1, 8, 8), hidden=(4,), pack=3
+    )
+    d = GAN(cfg).discriminator.eval()
+    x = torch.rand(6, 1, 8, 8)
+    with torch.no_grad():
+        base = d(x)[:, 0]
+        assert base.shape == (2,)
+        for i in range(6):
+            moved = x.clone()
+            moved[i] = torch.rand(1, 8, 8)
+            changed = (d(moved)[:, 0] - base).abs() > 1e-6
+            assert changed.tolist() == [i < 3, i >= 3]
+    with pytest.raises(ValueError, match="unconditional"):
+        GAN(ModelConfig(kind="cgan", arch="conv", input_shape=(1, 8, 8), num_classes=3, pack=2))
+
+
+def test_packing_gan_trains_exports_and_scores_one_image_as_a_pack_of_copies(
+    image_digits, tmp_path: Path
+) -> None:
+    ckpt = _tiny_gan(image_digits, tmp_path / "run", pack=4)
+    folder = tmp_path / "pacgan"
+    manifest = export_checkpoint(ckpt, folder, "pacgan")
+    assert manifest.training["model"]["pack"] == 4
+    model = load_exported(folder)
+    x = image_digits.test.x[:10]
+    scores = asyncio.run(model.anomaly_scores(x, ScoreMethod.DISCRIMINATOR)).scores
+    assert scores.shape == (10,)  # one score per image, not per pack
+    with torch.no_grad():
+        copies = torch.from_numpy(x).repeat_interleave(4, dim=0)
+        logit = ckpt.model.discriminator(copies).numpy()[:, 0]
+    np.testing.assert_allclose(scores, np.logaddexp(0, -logit), rtol=1e-4, atol=1e-5)
+    samples, z = asyncio.run(model.sample(8, seed=1))
+    with torch.no_grad():
+        expected = torch.sigmoid(ckpt.model.generator(torch.from_numpy(z))).numpy()
+    np.testing.assert_allclose(samples, expected, atol=1e-4)
 
 
 def test_conditional_discriminator_checks_the_label() -> None:

@@ -134,6 +134,10 @@ def train(
         "128,64"
     ),
     beta: Annotated[float, typer.Option(help="KL weight (beta-VAE when > 1)")] = 1.0,
+    pack: Annotated[
+        int,
+        typer.Option(min=1, help="GANs: the discriminator judges packs of this many images"),
+    ] = 1,
     importance_samples: Annotated[
         int,
         typer.Option(min=1, help="Train a VAE on the IWAE bound with this many samples (> 1)"),
@@ -155,6 +159,14 @@ def train(
         arch = "conv"
         if resume:  # train_gan starts from epoch 0: a silent restart would undo the run
             raise typer.BadParameter("GANs cannot resume yet: train them in one run")
+    if pack > 1 and model != "gan":
+        raise typer.BadParameter(
+            "packing is for unconditional GANs (--model gan)", param_hint="--pack"
+        )
+    if batch_size % pack:
+        raise typer.BadParameter(
+            f"--batch-size {batch_size} is not a multiple of --pack {pack}", param_hint="--pack"
+        )
     if importance_samples > 1 and not bounds_likelihood(model, beta):
         raise typer.BadParameter(
             "the IWAE objective bounds log p(x): use it with --model vae or cvae and --beta 1",
@@ -191,6 +203,7 @@ def train(
         hidden=tuple(int(h) for h in hidden.split(",")),
         num_classes=splits.num_classes if model in ("cvae", "cgan") else None,
         beta=beta,
+        pack=pack,
     )
     if model in ("gan", "cgan"):
         path = train_gan(model_cfg, train_cfg, out, splits=splits)

@@ -113,6 +113,7 @@ def reproduce_commands(ckpt: Checkpoint, out: Path) -> list[str]:
         + f" --epochs {int(phase['to_epoch'])} --batch-size {t.batch_size} --lr {phase['lr']:g}"
         f" --latent-dim {m.latent_dim} --hidden {','.join(map(str, m.hidden))}"
         f" --beta {m.beta:g}"
+        + (f" --pack {m.pack}" if m.pack > 1 else "")
         + (
             f" --importance-samples {int(phase['importance_samples'])}"
             if "importance_samples" in phase

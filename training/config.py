@@ -18,6 +18,7 @@ class ModelConfig:
     hidden: tuple[int, ...] = (128, 64)
     num_classes: int | None = None
     beta: float = 1.0
+    pack: int = 1  # GANs: the discriminator judges packs of this many images (PacGAN)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:

@@ -80,6 +80,8 @@ class _DiscriminatorGraph(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor, label: Tensor | None = None) -> Tensor:
+        # A packing discriminator judges packs; one image is scored as a pack of its copies.
+        x = x.repeat_interleave(self.model.cfg.pack, dim=0)
         logit: Tensor = self.model.discriminator(x, self.model.onehot(label))
         return logit
 

@@ -7,7 +7,12 @@ features, so what D accepts as real depends on the class and the generator is pu
 class's own images. Concatenating the label to D's features before the last linear layer, the
 obvious form, only adds a per-class bias to the logit: D then never looks at the label together
 with the image, and the generator may ignore it. D never sees a real image under a wrong label,
-so its score is not a check that an image matches its label (docs/evaluation.md measures this)."""
+so its score is not a check that an image matches its label (docs/evaluation.md measures this).
+
+With `pack` > 1 (PacGAN, Lin et al., NeurIPS 2018) D judges packs of that many images stacked
+as channels, all real or all generated: a generator that draws some modes too often and others
+too rarely makes packs whose joint statistics differ from real packs, so D can punish mode
+imbalance, which it cannot see one image at a time."""
 
 from __future__ import annotations
 
@@ -54,14 +59,16 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """(B, 1, 28, 28) in [0, 1] [+ one-hot] -> (B, 1) logit of 'real' (of the given class)."""
+    """(B, 1, 28, 28) in [0, 1] [+ one-hot] -> (B / pack, 1) logit of 'real' (of the given
+    class)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         c, h, w = cfg.input_shape
         ch = cfg.hidden[0] if cfg.hidden else 64
+        self.pack = cfg.pack
         self.conv = nn.Sequential(
-            nn.Conv2d(c, ch, 4, 2, 1),  # (B, ch, H/2, W/2)
+            nn.Conv2d(c * cfg.pack, ch, 4, 2, 1),  # (B / pack, ch, H/2, W/2)
             nn.LeakyReLU(0.2),
             nn.Conv2d(ch, 2 * ch, 4, 2, 1),  # (B, 2ch, H/4, W/4)
             nn.BatchNorm2d(2 * ch),
@@ -74,6 +81,9 @@ class Discriminator(nn.Module):
         )
 
     def forward(self, x: Tensor, onehot: Tensor | None = None) -> Tensor:
+        """One logit per pack of `pack` consecutive images (B must be a multiple of pack)."""
+        if self.pack > 1:
+            x = x.reshape(-1, self.pack * x.shape[1], *x.shape[2:])
         h = self.conv(x).flatten(1)
         logit: Tensor = self.head(h)
         if self.class_embedding is not None:
@@ -86,6 +96,8 @@ class Discriminator(nn.Module):
 class GAN(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        if cfg.pack > 1 and cfg.num_classes is not None:
+            raise ValueError("packing is for unconditional GANs: a pack would mix labels")
         self.cfg = cfg
         self.generator = Generator(cfg)
         self.discriminator = Discriminator(cfg)
@@ -122,6 +134,10 @@ def train_gan(
     progress: bool = True,
 ) -> Path:
     """Alternate one D step and one G step per batch; checkpoint after every epoch."""
+    if train_cfg.batch_size % model_cfg.pack:
+        raise ValueError(
+            f"batch size {train_cfg.batch_size} is not a multiple of pack {model_cfg.pack}"
+        )
     seed_everything(train_cfg.seed)
     if splits is None:
         splits = load_dataset(
