@@ -46,12 +46,14 @@ def test_reproduce_commands_keep_a_data_dir_nothing_can_download() -> None:
     assert len(commands) == 2 and "--data-dir photos --image-size 28x28 --channels 3" in commands[0]
 
 
-def test_reproduce_commands_replay_a_packing_discriminator() -> None:
+def test_reproduce_commands_replay_packs_and_clusters() -> None:
     model_cfg = ModelConfig(kind="gan", arch="conv", input_shape=(1, 28, 28), pack=4)
     ckpt = Checkpoint(model_cfg, TrainConfig(dataset="mnist"), None, None, 15, {}, [])
     assert " --pack 4 " in reproduce_commands(ckpt, Path("models/g"))[1]
     ckpt.model_config.pack = 1
     assert "--pack" not in reproduce_commands(ckpt, Path("models/g"))[1]
+    ckpt.model_config.clusters = 50
+    assert " --clusters 50 " in reproduce_commands(ckpt, Path("models/g"))[1]
 
 
 def _commands(markdown: str) -> list[str]:

@@ -135,13 +135,16 @@ def test_iwae_objective_is_refused_where_it_bounds_nothing(args: list[str], tmp_
         (["--model", "cgan", "--pack", "2"], "unconditional GANs"),
         (["--model", "vae", "--pack", "2"], "unconditional GANs"),
         (["--model", "gan", "--pack", "3", "--batch-size", "64"], "not a multiple of --pack 3"),
+        (["--model", "cgan", "--clusters", "10"], "unconditional GAN"),
+        (["--model", "gan", "--clusters", "10", "--pack", "2"], "use --pack or --clusters"),
     ],
 )
-def test_packing_is_refused_where_packs_cannot_form(
+def test_packing_and_clusters_are_refused_where_they_cannot_apply(
     args: list[str], says: str, tmp_path: Path
 ) -> None:
     result = CliRunner().invoke(training_cli, ["train", *args, "--out", str(tmp_path / "run")])
-    assert result.exit_code == 2 and "--pack" in result.output and says in result.output
+    option = "--clusters" if "--clusters" in args else "--pack"
+    assert result.exit_code == 2 and option in result.output and says in result.output
     assert not (tmp_path / "run").exists()
 
 

@@ -17,7 +17,7 @@ from training.config import ModelConfig, TrainConfig
 from training.data import load_digits
 from training.evaluate import sample_quality
 from training.export import export_checkpoint
-from training.gan import GAN, discriminator_loss, generator_loss, train_gan
+from training.gan import GAN, discriminator_loss, fit_clusters, generator_loss, train_gan
 from training.train import Checkpoint, load_checkpoint, train
 
 pytestmark = pytest.mark.slow
@@ -99,9 +99,11 @@ def test_fp16_copy_is_served_within_bound(conv_vae) -> None:
     assert np.abs(a - b).max() < 5e-3  # outputs in [0, 1]; fp16 keeps ~3 decimal digits
 
 
-def _tiny_gan(image_digits, run: Path, num_classes: int | None = None, pack: int = 1) -> Checkpoint:
-    """A DCGAN (conditional with `num_classes`, judged in packs with `pack`) trained for two
-    epochs on 8x8 digits."""
+def _tiny_gan(
+    image_digits, run: Path, num_classes: int | None = None, pack: int = 1, clusters: int = 0
+) -> Checkpoint:
+    """A DCGAN (conditional with `num_classes`, judged in packs with `pack`, self-conditioned
+    on k-means clusters with `clusters`) trained for two epochs on 8x8 digits."""
     cfg = ModelConfig(
         kind="gan" if num_classes is None else "cgan",
         arch="conv",
@@ -111,6 +113,7 @@ def _tiny_gan(image_digits, run: Path, num_classes: int | None = None, pack: int
         hidden=(8,),
         num_classes=num_classes,
         pack=pack,
+        clusters=clusters,
     )
     config = TrainConfig(epochs=2, lr=2e-4, batch_size=64)
     return load_checkpoint(train_gan(cfg, config, run, splits=image_digits, progress=False))
@@ -174,6 +177,62 @@ def test_packing_gan_trains_exports_and_scores_one_image_as_a_pack_of_copies(
     with torch.no_grad():
         expected = torch.sigmoid(ckpt.model.generator(torch.from_numpy(z))).numpy()
     np.testing.assert_allclose(samples, expected, atol=1e-4)
+
+
+def test_cluster_draws_follow_the_cluster_shares() -> None:
+    """Phi(u) of a standard normal u is uniform, so cluster k is drawn with its data share; every
+    u, however extreme, picks exactly one cluster."""
+    cfg = ModelConfig(kind="gan", arch="conv", input_shape=(1, 8, 8), hidden=(4,), clusters=4)
+    gan = GAN(cfg)
+    gan.cluster_shares.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    u = torch.randn(200_000, generator=torch.Generator().manual_seed(0))
+    onehot = gan.cluster_of_normal(torch.cat([u, torch.tensor([-40.0, 40.0, 0.0])]))
+    assert (onehot.sum(1) == 1).all()
+    np.testing.assert_allclose(onehot[:-3].mean(0).numpy(), [0.1, 0.2, 0.3, 0.4], atol=4e-3)
+    assert onehot[-3:].argmax(1).tolist() == [0, 3, 2]  # Phi(0) = 0.5 lies in cluster 2
+
+
+def test_fit_clusters_assigns_each_image_its_nearest_centroid(image_digits) -> None:
+    x = torch.from_numpy(image_digits.train.x)
+    centroids, assigned, shares = fit_clusters(x, 6, seed=0)
+    assert centroids.shape == (6, 64) and shares.sum().item() == pytest.approx(1.0)
+    np.testing.assert_array_equal(assigned, torch.cdist(x.flatten(1), centroids).argmin(1))
+    np.testing.assert_allclose(shares, np.bincount(assigned, minlength=6) / len(x))
+    cfg = ModelConfig(kind="gan", arch="conv", input_shape=(1, 8, 8), hidden=(4,), clusters=6)
+    gan = GAN(cfg)
+    gan.centroids.copy_(centroids)
+    np.testing.assert_array_equal(gan.nearest_cluster(x).argmax(1), assigned)
+
+
+def test_self_conditioned_gan_is_served_as_an_unconditional_one(
+    image_digits, tmp_path: Path
+) -> None:
+    ckpt = _tiny_gan(image_digits, tmp_path / "run", clusters=5)
+    gan = ckpt.model
+    _, assigned, shares = fit_clusters(torch.from_numpy(image_digits.train.x), 5, seed=0)
+    np.testing.assert_allclose(gan.cluster_shares, shares)  # the data's shares, kept
+    folder = tmp_path / "scgan"
+    manifest = export_checkpoint(ckpt, folder, "scgan")
+    assert not manifest.conditional and manifest.latent_dim == 8 + 1
+    assert [s.name for s in manifest.parts[PartRole.DISCRIMINATOR].inputs] == ["x"]
+    model = load_exported(folder)
+    samples, z = asyncio.run(model.sample(64, seed=2))
+    assert z.shape == (64, 9)
+    with torch.no_grad():
+        expected = gan.generate(torch.from_numpy(z)).numpy()
+        by_hand = torch.sigmoid(
+            gan.generator(
+                torch.from_numpy(z[:, :8]), gan.cluster_of_normal(torch.from_numpy(z[:, 8]))
+            )
+        ).numpy()
+    np.testing.assert_allclose(samples, expected, atol=1e-4)
+    np.testing.assert_allclose(expected, by_hand, atol=1e-6)
+    x = image_digits.test.x[:10]
+    scores = asyncio.run(model.anomaly_scores(x, ScoreMethod.DISCRIMINATOR)).scores
+    with torch.no_grad():
+        xt = torch.from_numpy(x)
+        logit = gan.discriminator(xt, gan.nearest_cluster(xt)).numpy()[:, 0]
+    np.testing.assert_allclose(scores, np.logaddexp(0, -logit), rtol=1e-4, atol=1e-5)
 
 
 def test_conditional_discriminator_checks_the_label() -> None:

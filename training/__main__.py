@@ -138,6 +138,14 @@ def train(
         int,
         typer.Option(min=1, help="GANs: the discriminator judges packs of this many images"),
     ] = 1,
+    clusters: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="GANs: condition on this many k-means clusters of the data, drawn in their "
+            "data shares (a self-conditioned GAN; no labels used)",
+        ),
+    ] = 0,
     importance_samples: Annotated[
         int,
         typer.Option(min=1, help="Train a VAE on the IWAE bound with this many samples (> 1)"),
@@ -162,6 +170,15 @@ def train(
     if pack > 1 and model != "gan":
         raise typer.BadParameter(
             "packing is for unconditional GANs (--model gan)", param_hint="--pack"
+        )
+    if clusters and model != "gan":
+        raise typer.BadParameter(
+            "clusters stand in for labels in an unconditional GAN (--model gan)",
+            param_hint="--clusters",
+        )
+    if clusters and pack > 1:
+        raise typer.BadParameter(
+            "a pack would mix clusters: use --pack or --clusters", param_hint="--clusters"
         )
     if batch_size % pack:
         raise typer.BadParameter(
@@ -204,6 +221,7 @@ def train(
         num_classes=splits.num_classes if model in ("cvae", "cgan") else None,
         beta=beta,
         pack=pack,
+        clusters=clusters,
     )
     if model in ("gan", "cgan"):
         path = train_gan(model_cfg, train_cfg, out, splits=splits)

@@ -114,6 +114,7 @@ def reproduce_commands(ckpt: Checkpoint, out: Path) -> list[str]:
         f" --latent-dim {m.latent_dim} --hidden {','.join(map(str, m.hidden))}"
         f" --beta {m.beta:g}"
         + (f" --pack {m.pack}" if m.pack > 1 else "")
+        + (f" --clusters {m.clusters}" if m.clusters else "")
         + (
             f" --importance-samples {int(phase['importance_samples'])}"
             if "importance_samples" in phase

@@ -19,6 +19,12 @@ class ModelConfig:
     num_classes: int | None = None
     beta: float = 1.0
     pack: int = 1  # GANs: the discriminator judges packs of this many images (PacGAN)
+    clusters: int = 0  # unconditional GANs: condition on this many k-means clusters of the data
+
+    @property
+    def conditions(self) -> int:
+        """How many values the generator's one-hot input takes: classes or clusters (0: none)."""
+        return self.num_classes or self.clusters
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:

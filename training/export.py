@@ -69,7 +69,8 @@ class _GeneratorGraph(nn.Module):
         self.model = model
 
     def forward(self, z: Tensor, label: Tensor | None = None) -> Tensor:
-        return torch.sigmoid(self.model.generator(z, self.model.onehot(label)))
+        out: Tensor = self.model.generate(z, self.model.onehot(label))
+        return out
 
 
 class _DiscriminatorGraph(nn.Module):
@@ -80,9 +81,7 @@ class _DiscriminatorGraph(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor, label: Tensor | None = None) -> Tensor:
-        # A packing discriminator judges packs; one image is scored as a pack of its copies.
-        x = x.repeat_interleave(self.model.cfg.pack, dim=0)
-        logit: Tensor = self.model.discriminator(x, self.model.onehot(label))
+        logit: Tensor = self.model.discriminate(x, self.model.onehot(label))
         return logit
 
 
@@ -218,11 +217,13 @@ def export_checkpoint(
     conditional = cfg.num_classes is not None
     label = {"label": torch.arange(4) % (cfg.num_classes or 1)} if conditional else {}
 
+    # a self-conditioned GAN's generator takes one more coordinate, which picks the cluster
+    latent_dim = model.served_latent_dim if cfg.kind == "gan" else cfg.latent_dim
     x_example = torch.rand(4, *shape)
-    z_example = torch.randn(4, cfg.latent_dim)
+    z_example = torch.randn(4, latent_dim)
     label_specs = [_spec("label", (), "int64")] if conditional else []
     x_in = ({"x": x_example, **label}, [_spec("x", shape), *label_specs])
-    z_in = ({"z": z_example, **label}, [_spec("z", (cfg.latent_dim,)), *label_specs])
+    z_in = ({"z": z_example, **label}, [_spec("z", (latent_dim,)), *label_specs])
     graphs: list[tuple[PartRole, nn.Module, dict[str, Tensor], list[TensorSpec], list[TensorSpec]]]
     if cfg.kind in ("gan", "cgan"):
         graphs = [
@@ -262,7 +263,7 @@ def export_checkpoint(
             normalization=normalization,
             binarized=ckpt.train_config.binarize,
         ),
-        latent_dim=cfg.latent_dim,
+        latent_dim=latent_dim,
         num_classes=cfg.num_classes,
         likelihood="bernoulli",
         parts=parts,

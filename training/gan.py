@@ -12,7 +12,16 @@ so its score is not a check that an image matches its label (docs/evaluation.md 
 With `pack` > 1 (PacGAN, Lin et al., NeurIPS 2018) D judges packs of that many images stacked
 as channels, all real or all generated: a generator that draws some modes too often and others
 too rarely makes packs whose joint statistics differ from real packs, so D can punish mode
-imbalance, which it cannot see one image at a time."""
+imbalance, which it cannot see one image at a time.
+
+With `clusters` = K (a self-conditioned GAN, after Liu et al., CVPR 2020) an unconditional GAN
+is trained as a conditional one on K k-means clusters of the training images instead of labels,
+and samples a cluster with its share of the training data before drawing from it. The
+generator then cannot favour some modes of the data over others at the level of clusters: how
+often each part of the data is drawn is fixed by the data, not by the game. No labels are used.
+The served graphs keep the unconditional interface: the generator takes one more latent
+coordinate, u ~ N(0, 1), and picks the cluster whose share of the cumulative distribution holds
+Phi(u); the discriminator assigns an image to its nearest centroid itself."""
 
 from __future__ import annotations
 
@@ -40,7 +49,7 @@ class Generator(nn.Module):
         ch = cfg.hidden[0] if cfg.hidden else 64
         self.grid = (2 * ch, h // 4, w // 4)
         self.fc = nn.Sequential(
-            nn.Linear(cfg.latent_dim + (cfg.num_classes or 0), math.prod(self.grid)),
+            nn.Linear(cfg.latent_dim + cfg.conditions, math.prod(self.grid)),
             nn.BatchNorm1d(math.prod(self.grid)),
             nn.ReLU(),
         )
@@ -77,7 +86,7 @@ class Discriminator(nn.Module):
         features = 2 * ch * (h // 4) * (w // 4)
         self.head = nn.Linear(features, 1)
         self.class_embedding = (
-            nn.Linear(cfg.num_classes, features, bias=False) if cfg.num_classes else None
+            nn.Linear(cfg.conditions, features, bias=False) if cfg.conditions else None
         )
 
     def forward(self, x: Tensor, onehot: Tensor | None = None) -> Tensor:
@@ -96,22 +105,98 @@ class Discriminator(nn.Module):
 class GAN(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if cfg.pack > 1 and cfg.num_classes is not None:
+        if cfg.pack > 1 and cfg.conditions:
             raise ValueError("packing is for unconditional GANs: a pack would mix labels")
+        if cfg.clusters and cfg.num_classes is not None:
+            raise ValueError("clusters stand in for labels: a conditional GAN has its labels")
         self.cfg = cfg
         self.generator = Generator(cfg)
         self.discriminator = Discriminator(cfg)
+        # k-means centroids (flattened images) and each cluster's share of the training data,
+        # set by train_gan; buffers, so they travel in the checkpoint and into the export (only
+        # where clusters are used, so earlier checkpoints load as they were saved)
+        self.centroids: Tensor
+        self.cluster_shares: Tensor
+        if cfg.clusters:
+            k = cfg.clusters
+            self.register_buffer("centroids", torch.zeros(k, math.prod(cfg.input_shape)))
+            self.register_buffer("cluster_shares", torch.full((k,), 1.0 / k))
 
     def onehot(self, y: Tensor | None) -> Tensor | None:
-        if self.cfg.num_classes is None:
+        """One-hot labels, or cluster ids while training a self-conditioned GAN."""
+        if not self.cfg.conditions:
             return None
         if y is None:
-            raise ValueError("conditional model needs labels")
-        return F.one_hot(y, self.cfg.num_classes).float()
+            if self.cfg.num_classes is not None:
+                raise ValueError("conditional model needs labels")
+            return None  # self-conditioned: generate() and discriminate() find the cluster
+        return F.one_hot(y, self.cfg.conditions).float()
+
+    def nearest_cluster(self, x: Tensor) -> Tensor:
+        """(B, *shape) -> (B, K) one-hot of the nearest centroid (squared Euclidean distance;
+        a comparison with arange, not one_hot, so it exports to ONNX)."""
+        flat = x.flatten(1)
+        d = (flat * flat).sum(1, keepdim=True) - 2 * flat @ self.centroids.T
+        nearest = (d + (self.centroids * self.centroids).sum(1)).argmin(1, keepdim=True)
+        return (nearest == torch.arange(self.cfg.clusters, device=x.device)).float()
+
+    @property
+    def served_latent_dim(self) -> int:
+        """The served generator's z: the noise, and with clusters one coordinate that picks
+        the cluster."""
+        return self.cfg.latent_dim + (1 if self.cfg.clusters else 0)
+
+    def generate(self, z: Tensor, onehot: Tensor | None = None) -> Tensor:
+        """Images in [0, 1] from the served z (see served_latent_dim)."""
+        if self.cfg.clusters:
+            return torch.sigmoid(self.generator(z[:, :-1], self.cluster_of_normal(z[:, -1])))
+        return torch.sigmoid(self.generator(z, onehot))
+
+    def discriminate(self, x: Tensor, onehot: Tensor | None = None) -> Tensor:
+        """(B, *shape) -> (B, 1) logit per image, as served: an image's cluster is its
+        nearest centroid, and a packing discriminator sees a pack of the image's copies."""
+        if self.cfg.clusters:
+            onehot = self.nearest_cluster(x)
+        if self.cfg.pack > 1:
+            x = x.repeat_interleave(self.cfg.pack, dim=0)
+        logit: Tensor = self.discriminator(x, onehot)
+        return logit
+
+    def cluster_of_normal(self, u: Tensor) -> Tensor:
+        """(B,) standard normal draws -> (B, K) one-hot of the cluster that Phi(u) falls in,
+        cluster k with probability cluster_shares[k]. Comparisons, not searchsorted: they export
+        to any ONNX opset."""
+        p = 0.5 * (1 + torch.erf(u / math.sqrt(2)))
+        upper = torch.cumsum(self.cluster_shares, 0)
+        upper = torch.cat([upper[:-1], torch.ones_like(upper[-1:]) + 1])  # rounding: last takes all
+        lower = torch.cat([torch.zeros_like(upper[:1]), upper[:-1]])
+        p = p.unsqueeze(1)
+        return ((p >= lower) & (p < upper)).float()
 
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
-        return torch.sigmoid(self.generator(torch.randn(n, self.cfg.latent_dim), self.onehot(y)))
+        return self.generate(torch.randn(n, self.served_latent_dim), self.onehot(y))
+
+
+def fit_clusters(
+    x: Tensor, k: int, seed: int, sample: int = 20000
+) -> tuple[Tensor, Tensor, Tensor]:
+    """k-means centroids fitted on up to `sample` images, then every image's nearest
+    centroid and each cluster's share of the data: (centroids (k, D), assignment (N,), shares)."""
+    from sklearn.cluster import KMeans
+
+    flat = x.flatten(1).cpu().numpy()
+    pick = torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed))[:sample]
+    km = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(flat[pick.numpy()])
+    centroids = torch.from_numpy(km.cluster_centers_).float()
+    assigned = torch.cat(
+        [
+            torch.cdist(x[i : i + 4096].flatten(1).cpu(), centroids).argmin(1)
+            for i in range(0, len(x), 4096)
+        ]
+    )
+    shares = torch.bincount(assigned, minlength=k).float() / len(assigned)
+    return centroids, assigned, shares
 
 
 def discriminator_loss(real_logit: Tensor, fake_logit: Tensor) -> Tensor:
@@ -149,6 +234,11 @@ def train_gan(
     opt_d = torch.optim.Adam(gan.discriminator.parameters(), lr=train_cfg.lr, betas=(0.5, 0.999))
     x_all = torch.from_numpy(splits.train.x).to(device)  # MNIST: 188 MB, once
     y_all = torch.from_numpy(splits.train.y).to(device)
+    if model_cfg.clusters:  # self-conditioned: cluster ids take the place of labels
+        centroids, assigned, shares = fit_clusters(x_all, model_cfg.clusters, train_cfg.seed)
+        gan.centroids.copy_(centroids)
+        gan.cluster_shares.copy_(shares)
+        y_all = assigned.to(device)
     g = torch.Generator().manual_seed(train_cfg.seed)
     metrics: dict[str, float] = {}
     path = out_dir / "checkpoint.pt"
