@@ -136,7 +136,7 @@ def test_iwae_objective_is_refused_where_it_bounds_nothing(args: list[str], tmp_
         (["--model", "vae", "--pack", "2"], "unconditional GANs"),
         (["--model", "gan", "--pack", "3", "--batch-size", "64"], "not a multiple of --pack 3"),
         (["--model", "cgan", "--clusters", "10"], "unconditional GAN"),
-        (["--model", "gan", "--clusters", "10", "--pack", "2"], "use --pack or --clusters"),
+        (["--model", "gan", "--clusters", "10", "--pack", "2"], "mix clusters"),
     ],
 )
 def test_packing_and_clusters_are_refused_where_they_cannot_apply(

@@ -177,9 +177,7 @@ def train(
             param_hint="--clusters",
         )
     if clusters and pack > 1:
-        raise typer.BadParameter(
-            "a pack would mix clusters: use --pack or --clusters", param_hint="--clusters"
-        )
+        raise typer.BadParameter("a pack would mix clusters: choose one", param_hint="--clusters")
     if batch_size % pack:
         raise typer.BadParameter(
             f"--batch-size {batch_size} is not a multiple of --pack {pack}", param_hint="--pack"
