@@ -282,12 +282,16 @@ def export(
 @app.command()
 def fp16(model_dirs: list[Path]) -> None:
     """Add fp16 copies of every part to exported model folders (served on GPUs with
-    LATENTSERVE_PREFER_FP16=true; inputs and outputs stay float32)."""
+    LATENTSERVE_PREFER_FP16=true; inputs and outputs stay float32). Parts that pick a cluster
+    (self-conditioned GANs) stay fp32: rounding would move some inputs to another cluster."""
     from training.export import add_fp16_copies
 
     for model_dir in model_dirs:
         manifest = add_fp16_copies(model_dir)
-        names = ", ".join(p.fp16_path or "" for p in manifest.parts.values())
+        names = ", ".join(
+            p.fp16_path or f"{p.path} (kept fp32: it picks a cluster)"
+            for p in manifest.parts.values()
+        )
         typer.echo(f"{manifest.name}: {names}")
 
 

@@ -106,14 +106,36 @@ def _fp16_fields(path: Path) -> dict[str, str]:
 TIMING_METRICS = frozenset({"epoch_s"})
 
 
+# Comparisons that pick a discrete branch: rounding their inputs to fp16 flips some choices.
+_DISCRETE_OPS = frozenset({"ArgMin", "ArgMax", "Less", "LessOrEqual", "Greater", "GreaterOrEqual"})
+
+
+def chooses_discretely(path: Path) -> bool:
+    """Whether the export wrapper itself (outside the networks' modules; the exporter records
+    each node's module scopes) makes a discrete choice from the inputs: a self-conditioned GAN
+    picks a cluster from Phi(u) against the cumulative shares, or an image's nearest centroid.
+    An fp16 copy would move a boundary or a near-tie by ~1e-3 and give some inputs another
+    cluster, a different image rather than a rounding error, so such a part stays fp32."""
+    import onnx
+
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        scopes = {p.key: p.value for p in node.metadata_props}.get("pkg.torch.onnx.name_scopes")
+        if node.op_type in _DISCRETE_OPS and scopes is not None and "'model." not in scopes:
+            return True
+    return False
+
+
 def add_fp16_copies(model_dir: Path) -> Manifest:
-    """Write an fp16 copy of every part of an exported model folder and list it in the manifest
-    (for `LATENTSERVE_PREFER_FP16` on GPUs); the fp32 graphs and everything else stay as they
+    """Write an fp16 copy of every part of an exported model folder (but parts that make a
+    discrete choice, see chooses_discretely) and list it in the manifest (for
+    `LATENTSERVE_PREFER_FP16` on GPUs); the fp32 graphs and everything else stay as they
     were. Converting the exported graph, not re-exporting the checkpoint, keeps the fp32 graph
     the copy came from byte for byte."""
     manifest = Manifest.load(model_dir)
     parts = {
-        role: part.model_copy(update=_fp16_fields(model_dir / part.path))
+        role: part
+        if chooses_discretely(model_dir / part.path)
+        else part.model_copy(update=_fp16_fields(model_dir / part.path))
         for role, part in manifest.parts.items()
     }
     manifest = manifest.model_copy(update={"parts": parts})
