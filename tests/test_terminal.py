@@ -92,7 +92,7 @@ def test_models_lists_what_the_server_serves(live_server: LiveServer) -> None:
         "mnist-dcgan",
         "mnist-cdcgan",
     }
-    assert rows["mnist-dcgan"][1:5] == ["1", "gan", "ready", "cpu"]
+    assert rows["mnist-dcgan"][1:5] == ["2", "gan", "ready", "cpu"]
     assert "anomaly-score" in rows["mnist-dcgan"][5:][-1]
     down = runner.invoke(cli, ["models", "--url", "http://127.0.0.1:9"])
     assert down.exit_code == 2 and "error:" in down.stderr
