@@ -159,7 +159,7 @@ def train(
     import torch
 
     from training.config import ModelConfig, TrainConfig
-    from training.gan import train_gan
+    from training.gan import packing_problem, train_gan
     from training.train import bounds_likelihood
     from training.train import train as run_training
 
@@ -167,21 +167,9 @@ def train(
         arch = "conv"
         if resume:  # train_gan starts from epoch 0: a silent restart would undo the run
             raise typer.BadParameter("GANs cannot resume yet: train them in one run")
-    if pack > 1 and model != "gan":
-        raise typer.BadParameter(
-            "packing is for unconditional GANs (--model gan)", param_hint="--pack"
-        )
-    if clusters and model != "gan":
-        raise typer.BadParameter(
-            "clusters stand in for labels in an unconditional GAN (--model gan)",
-            param_hint="--clusters",
-        )
-    if clusters and pack > 1:
-        raise typer.BadParameter("a pack would mix clusters: choose one", param_hint="--clusters")
-    if batch_size % pack:
-        raise typer.BadParameter(
-            f"--batch-size {batch_size} is not a multiple of --pack {pack}", param_hint="--pack"
-        )
+    problem = packing_problem(model, pack, clusters, batch_size)
+    if problem is not None:
+        raise typer.BadParameter(problem[1], param_hint=problem[0])
     if importance_samples > 1 and not bounds_likelihood(model, beta):
         raise typer.BadParameter(
             "the IWAE objective bounds log p(x): use it with --model vae or cvae and --beta 1",

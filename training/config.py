@@ -26,6 +26,12 @@ class ModelConfig:
         """How many values the generator's one-hot input takes: classes or clusters (0: none)."""
         return self.num_classes or self.clusters
 
+    @property
+    def served_latent_dim(self) -> int:
+        """The served z: the latent code, and for a self-conditioned GAN one more coordinate
+        that picks the cluster."""
+        return self.latent_dim + (1 if self.clusters else 0)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         d = dict(d)

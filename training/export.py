@@ -239,8 +239,7 @@ def export_checkpoint(
     conditional = cfg.num_classes is not None
     label = {"label": torch.arange(4) % (cfg.num_classes or 1)} if conditional else {}
 
-    # a self-conditioned GAN's generator takes one more coordinate, which picks the cluster
-    latent_dim = model.served_latent_dim if cfg.kind == "gan" else cfg.latent_dim
+    latent_dim = cfg.served_latent_dim
     x_example = torch.rand(4, *shape)
     z_example = torch.randn(4, latent_dim)
     label_specs = [_spec("label", (), "int64")] if conditional else []

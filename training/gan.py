@@ -102,13 +102,29 @@ class Discriminator(nn.Module):
         return logit
 
 
+def packing_problem(
+    kind: str, pack: int, clusters: int, batch_size: int | None = None
+) -> tuple[str, str] | None:
+    """(option, why) where `pack` or `clusters` cannot apply, else None: the one rule the CLI
+    and the model both check. A pack must be all real or all generated images of one condition,
+    so packing needs an unconditional GAN without clusters; clusters stand in for labels."""
+    if pack > 1 and kind != "gan":
+        return "--pack", "packing is for unconditional GANs (--model gan)"
+    if clusters and kind != "gan":
+        return "--clusters", "clusters stand in for labels in an unconditional GAN (--model gan)"
+    if clusters and pack > 1:
+        return "--clusters", "a pack would mix clusters: choose one"
+    if batch_size is not None and batch_size % pack:
+        return "--pack", f"--batch-size {batch_size} is not a multiple of --pack {pack}"
+    return None
+
+
 class GAN(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if cfg.pack > 1 and cfg.conditions:
-            raise ValueError("packing is for unconditional GANs: a pack would mix labels")
-        if cfg.clusters and cfg.num_classes is not None:
-            raise ValueError("clusters stand in for labels: a conditional GAN has its labels")
+        problem = packing_problem(cfg.kind, cfg.pack, cfg.clusters)
+        if problem is not None:
+            raise ValueError(problem[1])
         self.cfg = cfg
         self.generator = Generator(cfg)
         self.discriminator = Discriminator(cfg)
@@ -133,21 +149,13 @@ class GAN(nn.Module):
         return F.one_hot(y, self.cfg.conditions).float()
 
     def nearest_cluster(self, x: Tensor) -> Tensor:
-        """(B, *shape) -> (B, K) one-hot of the nearest centroid (squared Euclidean distance;
-        a comparison with arange, not one_hot, so it exports to ONNX)."""
-        flat = x.flatten(1)
-        d = (flat * flat).sum(1, keepdim=True) - 2 * flat @ self.centroids.T
-        nearest = (d + (self.centroids * self.centroids).sum(1)).argmin(1, keepdim=True)
+        """(B, *shape) -> (B, K) one-hot of the nearest centroid (a comparison with arange,
+        not one_hot, so it exports to ONNX)."""
+        nearest = nearest_centroid(x.flatten(1), self.centroids).unsqueeze(1)
         return (nearest == torch.arange(self.cfg.clusters, device=x.device)).float()
 
-    @property
-    def served_latent_dim(self) -> int:
-        """The served generator's z: the noise, and with clusters one coordinate that picks
-        the cluster."""
-        return self.cfg.latent_dim + (1 if self.cfg.clusters else 0)
-
     def generate(self, z: Tensor, onehot: Tensor | None = None) -> Tensor:
-        """Images in [0, 1] from the served z (see served_latent_dim)."""
+        """Images in [0, 1] from the served z (see ModelConfig.served_latent_dim)."""
         if self.cfg.clusters:
             return torch.sigmoid(self.generator(z[:, :-1], self.cluster_of_normal(z[:, -1])))
         return torch.sigmoid(self.generator(z, onehot))
@@ -175,7 +183,15 @@ class GAN(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None) -> Tensor:
-        return self.generate(torch.randn(n, self.served_latent_dim), self.onehot(y))
+        return self.generate(torch.randn(n, self.cfg.served_latent_dim), self.onehot(y))
+
+
+def nearest_centroid(flat: Tensor, centroids: Tensor) -> Tensor:
+    """(B, D), (K, D) -> (B,) index of the nearest centroid by squared Euclidean distance, in
+    the form that exports to ONNX (training assigns clusters with it too, so training and
+    serving break ties alike)."""
+    d = (flat * flat).sum(1, keepdim=True) - 2 * flat @ centroids.T
+    return (d + (centroids * centroids).sum(1)).argmin(1)
 
 
 def fit_clusters(
@@ -191,7 +207,7 @@ def fit_clusters(
     centroids = torch.from_numpy(km.cluster_centers_).float()
     assigned = torch.cat(
         [
-            torch.cdist(x[i : i + 4096].flatten(1).cpu(), centroids).argmin(1)
+            nearest_centroid(x[i : i + 4096].flatten(1).cpu(), centroids)
             for i in range(0, len(x), 4096)
         ]
     )
@@ -219,10 +235,11 @@ def train_gan(
     progress: bool = True,
 ) -> Path:
     """Alternate one D step and one G step per batch; checkpoint after every epoch."""
-    if train_cfg.batch_size % model_cfg.pack:
-        raise ValueError(
-            f"batch size {train_cfg.batch_size} is not a multiple of pack {model_cfg.pack}"
-        )
+    problem = packing_problem(
+        model_cfg.kind, model_cfg.pack, model_cfg.clusters, train_cfg.batch_size
+    )
+    if problem is not None:
+        raise ValueError(problem[1])
     seed_everything(train_cfg.seed)
     if splits is None:
         splits = load_dataset(
