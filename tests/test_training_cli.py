@@ -148,6 +148,24 @@ def test_packing_and_clusters_are_refused_where_they_cannot_apply(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("args", [["--model", "gan"], ["--model", "vae", "--arch", "mlp"]])
+def test_residual_blocks_are_refused_outside_conv_autoencoders(
+    args: list[str], tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(
+        training_cli, ["train", *args, "--res-blocks", "1", "--out", str(tmp_path / "run")]
+    )
+    assert result.exit_code == 2 and "--res-blocks" in result.output
+    assert "--arch conv" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_likelihood_refuses_checkpoints_without_a_bernoulli_bound(tmp_path: Path) -> None:
+    checkpoint = _checkpoint_made_elsewhere(tmp_path)  # trained without --binarize
+    result = CliRunner().invoke(training_cli, ["likelihood", str(checkpoint)])
+    assert result.exit_code == 2 and "binarized" in result.output
+
+
 def _checkpoint_made_elsewhere(tmp_path: Path) -> Path:
     """An untrained MNIST checkpoint whose config names a data folder this machine lacks."""
     import torch

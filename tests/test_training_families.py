@@ -73,6 +73,41 @@ def test_conv_vae_exports_and_matches_torch(image_digits, conv_vae) -> None:
     assert asyncio.run(model.reconstruct(image_digits.test.x[:16])).shape == (16, 1, 8, 8)
 
 
+def test_residual_conv_vae_trains_exports_matches_torch_and_is_replayed(
+    image_digits, tmp_path: Path
+) -> None:
+    from training.card import reproduce_commands
+    from training.likelihood import checkpoint_likelihood
+    from training.models import ResidualBlock
+
+    cfg = ModelConfig(
+        kind="vae",
+        arch="conv",
+        input_shape=(1, 8, 8),
+        image_shape=(1, 8, 8),
+        latent_dim=4,
+        hidden=(8,),
+        res_blocks=2,
+    )
+    config = TrainConfig(epochs=2, seed=0, binarize=True, importance_samples=3)
+    run = train(cfg, config, tmp_path / "run", splits=image_digits, progress=False)
+    ckpt = load_checkpoint(run)
+    blocks = [m for m in ckpt.model.modules() if isinstance(m, ResidualBlock)]
+    assert len(blocks) == 8  # 2 per resolution, 2 resolutions, encoder and decoder
+    assert ckpt.model_config.res_blocks == 2 and np.isfinite(ckpt.metrics["val_loss"])
+    export_checkpoint(ckpt, tmp_path / "res-vae", "res-vae")
+    model = load_exported(tmp_path / "res-vae")
+    z = torch.randn(16, 4)
+    with torch.no_grad():
+        ref = torch.sigmoid(ckpt.model.decoder(z)).numpy()
+    np.testing.assert_allclose(asyncio.run(model.decode(z.numpy())), ref, atol=1e-4)
+    (command,) = [c for c in reproduce_commands(ckpt, Path("models/x")) if " train " in c]
+    assert " --res-blocks 2 " in command and " --importance-samples 3 " in command
+    report = checkpoint_likelihood(ckpt.model, image_digits.test, k=50, n=50)
+    assert report["test_images"] == 50 and report["iwae_k"] == 50
+    assert 0 < report["iwae_nll_nats"] < report["neg_elbo_nats"]
+
+
 def test_fp16_copy_is_served_within_bound(conv_vae) -> None:
     from concurrent.futures import ThreadPoolExecutor
 

@@ -115,6 +115,7 @@ def reproduce_commands(ckpt: Checkpoint, out: Path) -> list[str]:
         f" --beta {m.beta:g}"
         + (f" --pack {m.pack}" if m.pack > 1 else "")
         + (f" --clusters {m.clusters}" if m.clusters else "")
+        + (f" --res-blocks {m.res_blocks}" if m.res_blocks else "")
         + (
             f" --importance-samples {int(phase['importance_samples'])}"
             if "importance_samples" in phase

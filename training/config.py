@@ -16,6 +16,7 @@ class ModelConfig:
     image_shape: tuple[int, int, int] | None = (1, 8, 8)
     latent_dim: int = 8
     hidden: tuple[int, ...] = (128, 64)
+    res_blocks: int = 0  # conv VAEs: residual blocks after each resolution change
     num_classes: int | None = None
     beta: float = 1.0
     pack: int = 1  # GANs: the discriminator judges packs of this many images (PacGAN)

@@ -28,6 +28,27 @@ def vae_loss(
     return (rec + beta * kl).mean(), rec.mean(), kl.mean()
 
 
+def log_importance_weights(
+    logits: Tensor, x: Tensor, z: Tensor, mean: Tensor, log_var: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """log p(x, z_i) - log q(z_i | x) for k draws z (k, B, L) from q, with its two parts
+    log p(x | z_i) and log q(z_i | x) - log p(z_i); each (k, B)."""
+    log_px_z = (
+        -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
+        .flatten(2)
+        .sum(2)
+    )
+    log_2pi = math.log(2 * math.pi)
+    log_pz = -0.5 * (z.pow(2) + log_2pi).sum(2)
+    log_qz = -0.5 * ((z - mean).pow(2) / log_var.exp() + log_var + log_2pi).sum(2)
+    return log_px_z + log_pz - log_qz, log_px_z, log_qz - log_pz
+
+
+def iwae_bound(log_w: Tensor) -> Tensor:
+    """log (1/k) sum_i w_i from log-weights (k, B): the IWAE bound on log p(x), per example."""
+    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
+
+
 def iwae_loss(
     logits: Tensor, x: Tensor, z: Tensor, mean: Tensor, log_var: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -38,17 +59,8 @@ def iwae_loss(
     log (1/k) sum_i p(x, z_i) / q(z_i|x) tightens towards log p(x) as k grows, so training on it
     (k > 1) optimises the likelihood the served `iwae` score reports rather than the looser
     ELBO; with k = 1 it is the ELBO with a sampled KL term."""
-    k = z.shape[0]
-    log_px_z = (
-        -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
-        .flatten(2)
-        .sum(2)
-    )
-    log_2pi = math.log(2 * math.pi)
-    log_pz = -0.5 * (z.pow(2) + log_2pi).sum(2)
-    log_qz = -0.5 * ((z - mean).pow(2) / log_var.exp() + log_var + log_2pi).sum(2)
-    bound = torch.logsumexp(log_px_z + log_pz - log_qz, dim=0) - math.log(k)
-    return -bound.mean(), -log_px_z.mean(), (log_qz - log_pz).mean()
+    log_w, log_px_z, kl = log_importance_weights(logits, x, z, mean, log_var)
+    return -iwae_bound(log_w).mean(), -log_px_z.mean(), kl.mean()
 
 
 def ae_loss(logits: Tensor, x: Tensor) -> Tensor:

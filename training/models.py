@@ -53,17 +53,43 @@ class MLPDecoder(nn.Module):
         return logits.view(-1, *self.input_shape)
 
 
+class ResidualBlock(nn.Module):
+    """x + conv(relu(conv(relu(x)))), 3x3, same channels and size: depth at one resolution
+    that starts as (nearly) the identity, so deeper conv models train like the shallow one."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, 1, 1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, 1, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = x + self.body(x)
+        return out
+
+
+def _blocks(channels: int, n: int) -> list[nn.Module]:
+    return [ResidualBlock(channels) for _ in range(n)]
+
+
 class ConvEncoder(nn.Module):
-    """(B, 1, 28, 28) [+ one-hot label] -> (B, latent) mean and log-variance."""
+    """(B, 1, 28, 28) [+ one-hot label] -> (B, latent) mean and log-variance; `res_blocks`
+    residual blocks after each downsampling (none: the original two-layer model)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         c, h, w = cfg.input_shape
         ch = cfg.hidden[0] if cfg.hidden else 32
+        n = cfg.res_blocks
         self.conv = nn.Sequential(
             nn.Conv2d(c, ch, 4, 2, 1),
+            *_blocks(ch, n),
             nn.ReLU(),  # (B, ch, H/2, W/2)
             nn.Conv2d(ch, 2 * ch, 4, 2, 1),
+            *_blocks(2 * ch, n),
             nn.ReLU(),  # (B, 2ch, H/4, W/4)
         )
         flat = 2 * ch * (h // 4) * (w // 4)
@@ -92,8 +118,11 @@ class ConvDecoder(nn.Module):
             nn.Linear(256, math.prod(self.grid)),
             nn.ReLU(),
         )
+        n = cfg.res_blocks
         self.deconv = nn.Sequential(
+            *_blocks(2 * ch, n),
             nn.ConvTranspose2d(2 * ch, ch, 4, 2, 1),
+            *_blocks(ch, n),
             nn.ReLU(),  # (B, ch, H/2, W/2)
             nn.ConvTranspose2d(ch, c, 4, 2, 1),  # (B, c, H, W)
         )

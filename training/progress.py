@@ -34,13 +34,16 @@ def epoch_bar(first: int, epochs: int, enabled: bool) -> Bar[int]:
     return bar
 
 
-def batch_bar(batches: Iterable[T_co], epoch: int, epochs: int, enabled: bool) -> Bar[T_co]:
+def batch_bar(
+    batches: Iterable[T_co], epoch: int, epochs: int, enabled: bool, total: int | None = None
+) -> Bar[T_co]:
     """The batches of epoch `epoch` (0-based), erased when the epoch ends. Drawn only when stderr
     is a terminal (tqdm's `disable=None`): redirected to a file, a bar redrawn ten times a second
     is a wall of carriage returns, and the epoch bar's summary is what a log needs."""
     bar: Bar[T_co] = tqdm(
         batches,
         desc=f"epoch {epoch + 1}/{epochs}",
+        total=total,  # a generator of batches has no len()
         unit="batch",
         leave=False,
         disable=None if enabled else True,
