@@ -56,6 +56,14 @@ def test_reproduce_commands_replay_packs_and_clusters() -> None:
     assert " --clusters 50 " in reproduce_commands(ckpt, Path("models/g"))[1]
 
 
+def test_reproduce_commands_replay_the_export_options() -> None:
+    ckpt = Checkpoint(ModelConfig(kind="vae"), TrainConfig(), None, None, 5, {}, [])
+    plain = reproduce_commands(ckpt, Path("models/x"), "x")[-1]
+    assert plain == "python -m training export runs/x/checkpoint.pt --out models/x"
+    export = reproduce_commands(ckpt, Path("models/x"), "y", "2", "It's a VAE")[-1]
+    assert export.endswith(" --name y --version 2 --description 'It'\"'\"'s a VAE'")
+
+
 def _commands(markdown: str) -> list[str]:
     """Shell commands in the ```bash blocks of a markdown text, continuation lines joined."""
     blocks = re.findall(r"```bash\n(.*?)```", markdown, re.S)

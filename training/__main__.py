@@ -274,7 +274,8 @@ def export(
     )
     if manifest.input.image_shape is not None:
         write_sample_grid(out)
-    write_card(out, manifest, reproduce=reproduce_commands(ckpt, out))
+    commands = reproduce_commands(ckpt, out, name, version, description)
+    write_card(out, manifest, reproduce=commands)
     typer.echo(f"exported {manifest.name} to {out}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -88,8 +89,15 @@ def write_card(
     return path
 
 
-def reproduce_commands(ckpt: Checkpoint, out: Path) -> list[str]:
-    """The exact commands that rebuild this model folder, from the checkpoint's own config.
+def reproduce_commands(
+    ckpt: Checkpoint,
+    out: Path,
+    name: str | None = None,
+    version: str = "1",
+    description: str = "",
+) -> list[str]:
+    """The exact commands that rebuild this model folder, from the checkpoint's own config and
+    the export's options (name, version and description go into the manifest).
 
     MNIST and Fashion-MNIST come from the download cache, not from the `--data-dir` the run
     happened to use: that folder was on the trainer's machine, and a reader's clone has only
@@ -125,7 +133,13 @@ def reproduce_commands(ckpt: Checkpoint, out: Path) -> list[str]:
         + (" --resume" if i else "")
         for i, phase in enumerate(phases)
     ]
-    return [*download, *train, f"python -m training export {run}/checkpoint.pt --out {out}"]
+    export = (
+        f"python -m training export {run}/checkpoint.pt --out {out}"
+        + (f" --name {shlex.quote(name)}" if name and name != out.name else "")
+        + (f" --version {shlex.quote(version)}" if version != "1" else "")
+        + (f" --description {shlex.quote(description)}" if description else "")
+    )
+    return [*download, *train, export]
 
 
 def record_metrics(folder: Path, metrics: dict[str, float]) -> Manifest:

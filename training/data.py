@@ -91,8 +91,9 @@ def load_digits(seed: int = 0, flat: bool = True) -> Splits:
 def load_idx_dataset(
     data_dir: Path, name: str = "mnist", val_size: int = 5000, seed: int = 0, flat: bool = False
 ) -> Splits:
-    """MNIST-layout IDX files (MNIST, Fashion-MNIST) from a folder; the last `val_size` training
-    images (after a seeded shuffle) are held out for validation and calibration."""
+    """MNIST-layout IDX files (MNIST, Fashion-MNIST) from a folder; `val_size` training images
+    picked by a shuffle seeded with `seed` (a run's seed) are held out for validation and
+    calibration."""
     if missing := missing_idx(data_dir):
         if not data_dir.is_dir():
             what = "is not a folder"
