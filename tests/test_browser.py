@@ -324,8 +324,10 @@ def test_a_model_without_an_encoder_cannot_walk_between_images(visit: Visit) -> 
 # -- anomaly -----------------------------------------------------------------------------------
 
 
-def api_scores(server: LiveServer, files: dict[str, bytes], method: str) -> dict[str, Any]:
-    form = {"model": "digits-vae", "method": method, "k": "64", "seed": "0"}
+def api_scores(
+    server: LiveServer, files: dict[str, bytes], method: str, model: str = "digits-vae"
+) -> dict[str, Any]:
+    form = {"model": model, "method": method, "k": "64", "seed": "0"}
     upload = [("images", (name, data, "image/png")) for name, data in files.items()]
     r = httpx.post(f"{server.url}/anomaly-score", data=form, files=upload, timeout=30)
     r.raise_for_status()
@@ -350,7 +352,7 @@ def test_dropped_images_are_scored_against_the_calibration(
 
     page = visit.open(model="digits-vae")
     page.get_by_role("tab", name="Anomaly").click()
-    page.get_by_label("Samples k (elbo, iwae)").fill("64")
+    page.get_by_label("Samples k (likelihood scores)").fill("64")
     drop_files(page, "#drop-zone", files)
 
     results = page.locator("#anomaly-results")
@@ -399,6 +401,33 @@ def test_dropped_images_are_scored_against_the_calibration(
         "above the 99.9% quantile"
     )
     screenshot(page.locator("#panel-anomaly"), "anomaly", docs=True)
+
+
+def test_inputs_a_likelihood_does_not_describe_are_flagged_above_the_scores(
+    visit: Visit,
+) -> None:
+    """mnist-conv-vae models binarized digits: gray pixels are scored, with the API's warning."""
+    noise = noise_png(28)
+    methods = ("reconstruction", "elbo", "iwae", "elbo-complexity", "combined")
+    warnings = [
+        w
+        for m in methods
+        for w in api_scores(visit.server, {"n.png": noise}, m, "mnist-conv-vae")["input_warnings"]
+    ]
+    assert len(warnings) == 4 and "elbo scores of such inputs" in warnings[0]  # the premise
+    page = visit.open(model="mnist-conv-vae")
+    page.get_by_role("tab", name="Anomaly").click()
+    page.get_by_label("Choose images").set_input_files(files=[png_file("noise.png", noise)])
+    table = page.get_by_role("table", name="scores of noise.png")
+    expect(table.locator("tr.warning")).to_have_text(warnings)  # each under its method's row
+    expect(table.locator("tr.warning + tr th").first).to_have_text("iwae")
+    expect(table.get_by_role("row").nth(1)).to_contain_text("reconstruction")  # no warning
+    # a binary image breaks nothing: no warning
+    page.get_by_label("Choose images").set_input_files(
+        files=[png_file("binary.png", png_bytes(np.where(np.eye(28) > 0, 255, 0).astype(np.uint8)))]
+    )
+    expect(page.get_by_role("article", name="result for binary.png")).to_be_visible()
+    expect(page.locator("#anomaly-results .warning")).to_have_count(0)
 
 
 def test_a_gan_is_scored_by_its_discriminator_from_picked_files(visit: Visit) -> None:

@@ -19,12 +19,19 @@ from training.data import Split
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
 
 
+# One worker for every model the offline tools load: a pool per model left one idle thread
+# behind for each of the dozens of models an experiment exports and scores one after another.
+_OFFLINE_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="training-onnx")
+
+
 def load_exported(folder: Path) -> GenerativeModel:
+    """An exported model folder as the service runtime serves it (CPU, no batching), for
+    calibration and evaluation."""
     return GenerativeModel.load(
         folder,
         SessionConfig(providers=("cpu",)),
         BatchingConfig(enabled=False),
-        ThreadPoolExecutor(max_workers=1),
+        _OFFLINE_POOL,
     )
 
 

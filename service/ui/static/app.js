@@ -804,12 +804,17 @@ function renderAnomaly(rec, pixels, byMethod) {
         }),
       );
     }
-    const rows = byMethod.map((result) => {
+    const rows = byMethod.flatMap((result) => {
       const score = result.scores[i];
       const calibration = m.calibration?.[result.method];
       const [word, wordTone] = verdictOf(result, i);
       const where = calibration ? quantilePosition(score, calibration.quantiles) : "not calibrated";
-      return el(
+      // inputs this method's likelihood does not describe (gray pixels for a model of binarized
+      // digits): the API scores them and says why the score means little; shown under its row
+      const warnings = (result.input_warnings ?? []).map((text) =>
+        el("tr", { class: "warning" }, el("td", { colspan: "5", text })),
+      );
+      const row = el(
         "tr",
         {},
         el("th", { scope: "row", text: result.method }),
@@ -823,6 +828,7 @@ function renderAnomaly(rec, pixels, byMethod) {
         ),
         el("td", {}, el("span", { class: `badge ${wordTone}`, text: word })),
       );
+      return [row, ...warnings];
     });
     const table = el(
       "table",
