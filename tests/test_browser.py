@@ -422,6 +422,7 @@ def test_inputs_a_likelihood_does_not_describe_are_flagged_above_the_scores(
     expect(table.locator("tr.warning")).to_have_text(warnings)  # each under its method's row
     expect(table.locator("tr.warning + tr th").first).to_have_text("iwae")
     expect(table.get_by_role("row").nth(1)).to_contain_text("reconstruction")  # no warning
+    screenshot(table, "anomaly-warning", docs=True)
     # a binary image breaks nothing: no warning
     page.get_by_label("Choose images").set_input_files(
         files=[png_file("binary.png", png_bytes(np.where(np.eye(28) > 0, 255, 0).astype(np.uint8)))]
