@@ -2,7 +2,7 @@
 seed's likelihood from PyTorch; made for the lent GPU, whose whole loan is about 15 minutes.
 
     python3 scripts/gpu-train.py WORK_DIR --data-dir MNIST_DIR [--results DIR] [--budget-s 420]
-        [--seeds 0,1,2] [--device cuda] [--train-args "..."] [--anneal-share 0.2] [--k 1000]
+        [--seeds 0,1,2] [--device cuda] [--train-args "..."] [--anneal-share 0.2] [--k 1000,5000]
 
 The seeds run as concurrent processes (one small model leaves most of an H100 idle). A probe
 epoch of every seed, run concurrently as the real runs will be, measures seconds per epoch; the
@@ -81,13 +81,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument(
         "--train-args",
-        default="--hidden 32 --latent-dim 64 --res-blocks 1 --importance-samples 10",
+        default="--hidden 32 --latent-dim 32 --res-blocks 1 --importance-samples 10",
         help="train options beside the dataset, seed, epochs, lr and output",
     )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--anneal-share", type=float, default=0.2)
     parser.add_argument("--max-epochs", type=int, default=1000)
-    parser.add_argument("--k", type=int, default=1000, help="importance samples for the report")
+    parser.add_argument(
+        "--k", default="1000,5000", help="importance samples for the reports (comma-separated)"
+    )
     opts = parser.parse_args()
 
     started = time.monotonic()
@@ -117,7 +119,8 @@ def main() -> None:
     probe_s = time.monotonic() - t0
     infos = {s: checkpoint_info(out / f"run-{s}" / "checkpoint.pt") for s in seeds if not codes[s]}
     if len(infos) < len(seeds):
-        say(f"probe failed: exit codes {codes}; see probe-S.log")
+        say(f"probe failed: exit codes {codes}; see probe-S.log in logs.tgz")
+        pack_logs(out, results)
         sys.exit(1)
     epoch_s = max(info["epoch_s"] for info in infos.values())
     # the wall time of an epoch beyond training: validation, checkpoint, process start shared out
@@ -127,6 +130,7 @@ def main() -> None:
     epochs = min(opts.max_epochs, math.floor(left / per_epoch))
     if epochs < 2:
         say(f"probe: {probe_s:.0f} s, {per_epoch:.1f} s per epoch: no time left to train")
+        pack_logs(out, results)
         sys.exit(1)
     anneal = max(1, round(epochs * opts.anneal_share))
     say(
@@ -151,33 +155,51 @@ def main() -> None:
         }
         say(f"{name}: {time.monotonic() - t0:.0f} s, exit codes {codes}, epochs reached {reached}")
 
-    for s in seeds:
-        ckpt = out / f"run-{s}" / "checkpoint.pt"
-        if not ckpt.exists():
-            continue
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    trained = [s for s in seeds if (out / f"run-{s}" / "checkpoint.pt").exists()]
+    for s in trained:  # first, so they come back even if a report fails
+        state = torch.load(
+            out / f"run-{s}" / "checkpoint.pt", map_location="cpu", weights_only=True
+        )
         state.pop("optimizer", None)
         torch.save(state, results / f"seed-{s}.pt")
-        report = subprocess.run(
-            [sys.executable, "-m", "training", "likelihood", str(ckpt), "--k", str(opts.k)]
-            + ["--device", opts.device, "--data-dir", opts.data_dir],
-            capture_output=True,
-            text=True,
-        )
-        if report.returncode:
-            say(f"seed {s}: likelihood failed: {report.stderr.strip()[-500:]}")
-            continue
-        r = json.loads(report.stdout.strip().splitlines()[-1])
-        with open(results / "results.jsonl", "a") as f:
-            f.write(json.dumps({"seed": s, **r}) + "\n")
-        say(
-            f"seed {s}: epoch {r['epoch']}, IWAE k={r['iwae_k']:.0f} {r['iwae_nll_nats']:.2f} "
-            f"+- {r['iwae_nll_stderr']:.2f} nats, -ELBO {r['neg_elbo_nats']:.2f} "
-            f"({r['iwae_seconds']:.0f} s)"
-        )
+    pack_logs(out, results)
+    for k in (int(v) for v in opts.k.split(",")):
+        reports = {  # all seeds at once, as they trained
+            s: subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "training",
+                    "likelihood",
+                    str(out / f"run-{s}" / "checkpoint.pt"),
+                ]
+                + ["--k", str(k), "--device", opts.device, "--data-dir", opts.data_dir],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for s in trained
+        }
+        for s, proc in reports.items():
+            stdout, stderr = proc.communicate()
+            if proc.returncode:
+                say(f"seed {s}: likelihood k={k} failed: {stderr.strip()[-500:]}")
+                continue
+            r = json.loads(stdout.strip().splitlines()[-1])
+            with open(results / "results.jsonl", "a") as f:
+                f.write(json.dumps({"seed": s, **r}) + "\n")
+            say(
+                f"seed {s}: epoch {r['epoch']}, IWAE k={k} {r['iwae_nll_nats']:.2f} "
+                f"+- {r['iwae_nll_stderr']:.2f} nats, -ELBO {r['neg_elbo_nats']:.2f} "
+                f"({r['iwae_seconds']:.0f} s)"
+            )
     say(f"total {time.monotonic() - started:.0f} s")
+    pack_logs(out, results)
+
+
+def pack_logs(work: Path, results: Path) -> None:
     with tarfile.open(results / "logs.tgz", "w:gz") as tar:
-        for log in sorted(out.glob("*.log")):
+        for log in sorted(work.glob("*.log")):
             tar.add(log, arcname=log.name)
 
 

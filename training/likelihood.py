@@ -20,7 +20,7 @@ from training.losses import iwae_bound, kl_to_standard_normal, log_importance_we
 from training.models import VAE
 from training.train import binarized
 
-DECODES_PER_BATCH = {"cpu": 4096, "cuda": 200_000}  # k * images decoded at once
+DECODES_PER_BATCH = {"cpu": 4096, "cuda": 100_000}  # k * images decoded at once
 
 
 @torch.no_grad()
