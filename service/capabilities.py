@@ -68,6 +68,17 @@ class ScoreMethod(StrEnum):
         )
 
     @property
+    def likelihood_based(self) -> bool:
+        """Built on the decoder's likelihood of the input, so it means what the manifest's
+        preprocessing (e.g. binarized inputs) says it means, and nothing for other inputs."""
+        return self in (
+            ScoreMethod.ELBO,
+            ScoreMethod.IWAE,
+            ScoreMethod.ELBO_COMPLEXITY,
+            ScoreMethod.COMBINED,
+        )
+
+    @property
     def per_pixel(self) -> bool:
         """Decomposes over input values, so it can be returned per pixel."""
         return self not in (

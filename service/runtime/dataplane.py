@@ -110,20 +110,12 @@ class Scored:
     a likelihood fit to binary ones); empty when nothing does."""
 
 
-_LIKELIHOODS = (
-    ScoreMethod.ELBO,
-    ScoreMethod.IWAE,
-    ScoreMethod.ELBO_COMPLEXITY,
-    ScoreMethod.COMBINED,
-)
-
-
 def _likelihood_warnings(
     m: GenerativeModel, method: ScoreMethod, x: NDArray[np.float32]
 ) -> tuple[str, ...]:
     """A likelihood fit to binary inputs, asked about other values, still answers, but its number
     is not what it would be for any input the model was trained on: say so."""
-    if method not in _LIKELIHOODS or not m.manifest.input.binarized:
+    if not method.likelihood_based or not m.manifest.input.binarized:
         return ()
     lo, hi = m.manifest.input.value_range
     between = np.count_nonzero((x != lo) & (x != hi))
