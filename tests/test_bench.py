@@ -396,3 +396,27 @@ def test_gpu_tuning_spells_out_every_setting_and_ranks_by_geometric_mean(tmp_pat
     ]
     assert score(rows) == pytest.approx(200.0)
     assert score([*rows, {"system": "service", "samples_per_s": 0.0}]) < 100.0
+
+
+def test_graph_comparison_prints_both_graphs_and_their_ratio(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench import graphs
+    from tests.conftest import MODELS
+
+    decoder = MODELS / "digits-vae" / "decoder.onnx"
+    assert graphs.main([str(decoder), str(decoder), "--rows", "1,8", "--rounds", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [
+        line.split("|")[1:-1]
+        for line in lines
+        if line.startswith("| 1 ") or line.startswith("| 8 ")
+    ]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [
+        (n, g) for n in ("1", "8") for g in ("A", "B", "B / A")
+    ]
+    for r in rows:
+        if r[1].strip() != "B / A":
+            assert float(r[2].replace(",", "")) > 0 and 0 < float(r[3]) <= float(r[4])
+    ratios = [float(r[3].strip().rstrip("x")) for r in rows if r[1].strip() == "B / A"]
+    assert all(0.2 < x < 5 for x in ratios)  # the same graph: near 1 on a quiet machine
