@@ -76,6 +76,32 @@ def test_training_lowers_the_loss_and_checkpoints_carry_config(trained) -> None:
     assert ckpt.optimizer_state is not None
 
 
+def test_an_epoch_of_sliced_batches_holds_every_row_once_in_a_seeded_order() -> None:
+    from training.train import _shuffled_batches
+
+    x = torch.arange(10, dtype=torch.float32)[:, None]
+    y = torch.arange(10)
+    batches = list(_shuffled_batches(x, y, 4, seed=1))
+    assert [len(b) for b, _ in batches] == [4, 4, 2]  # the last batch is short, not dropped
+    rows = torch.cat([b for b, _ in batches])[:, 0].long()
+    assert sorted(rows.tolist()) == list(range(10)) and rows.tolist() != list(range(10))
+    assert torch.equal(torch.cat([lab for _, lab in batches]), rows)  # labels stay with rows
+    again = torch.cat([b for b, _ in _shuffled_batches(x, y, 4, seed=1)])[:, 0].long()
+    other = torch.cat([b for b, _ in _shuffled_batches(x, y, 4, seed=2)])[:, 0].long()
+    assert torch.equal(again, rows) and not torch.equal(other, rows)
+
+
+def test_a_training_set_too_large_for_the_device_stays_in_host_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.train as training_loop
+
+    monkeypatch.setattr(training_loop, "RESIDENT_BYTES", 0)
+    cfg = ModelConfig(kind="vae", latent_dim=2, hidden=(16,))
+    path = train(cfg, TrainConfig(epochs=1, seed=3), tmp_path, splits=load_digits(seed=0))
+    assert np.isfinite(load_checkpoint(path).metrics["val_loss"])
+
+
 def test_training_is_deterministic_and_resumes(tmp_path: Path) -> None:
     splits = load_digits(seed=0)
     cfg = ModelConfig(kind="vae", latent_dim=2, hidden=(16,))
