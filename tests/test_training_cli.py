@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from tests.conftest import MODELS
@@ -164,6 +165,13 @@ def test_likelihood_refuses_checkpoints_without_a_bernoulli_bound(tmp_path: Path
     checkpoint = _checkpoint_made_elsewhere(tmp_path)  # trained without --binarize
     result = CliRunner().invoke(training_cli, ["likelihood", str(checkpoint)])
     assert result.exit_code == 2 and "binarized" in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
+def test_likelihood_refuses_a_gpu_this_machine_lacks(tmp_path: Path) -> None:
+    checkpoint = _checkpoint_made_elsewhere(tmp_path)
+    result = CliRunner().invoke(training_cli, ["likelihood", str(checkpoint), "--device", "cuda"])
+    assert result.exit_code == 2 and "--device" in result.output and "no CUDA" in result.output
 
 
 def _checkpoint_made_elsewhere(tmp_path: Path) -> Path:

@@ -394,9 +394,13 @@ def likelihood(
     model takes the CPU an hour); JSON on stdout."""
     import json
 
+    import torch
+
     from training.likelihood import checkpoint_likelihood
     from training.train import load_checkpoint
 
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise typer.BadParameter("PyTorch sees no CUDA device here", param_hint="--device")
     ckpt = load_checkpoint(checkpoint)
     tc = ckpt.train_config
     if ckpt.model_config.kind != "vae" or not tc.binarize:

@@ -55,7 +55,8 @@ class MLPDecoder(nn.Module):
 
 class ResidualBlock(nn.Module):
     """x + conv(relu(conv(relu(x)))), 3x3, same channels and size: depth at one resolution
-    that starts as (nearly) the identity, so deeper conv models train like the shallow one."""
+    that learns a correction to its input, so gradients reach the layers before it through the
+    identity path however many blocks are stacked."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
