@@ -4,8 +4,8 @@ seed's likelihood from PyTorch; made for the lent GPU, whose whole loan is about
     python3 scripts/gpu-train.py WORK_DIR --data-dir MNIST_DIR [--results DIR] [--budget-s 420]
         [--seeds 0,1,2] [--device cuda] [--train-args "..."] [--anneal-share 0.2] [--k 1000,5000]
 
-The seeds run as concurrent processes (one small model leaves most of an H100 idle). A probe
-epoch of every seed, run concurrently as the real runs will be, measures seconds per epoch; the
+The seeds run as concurrent processes (one small model leaves most of an H100 idle). Two probe
+epochs of every seed, run concurrently as the real runs will be, measure seconds per epoch; the
 epochs that fit the rest of the budget are split into two phases that the model card replays:
 lr 1e-3, then `--resume` at lr 2e-4 for the last `--anneal-share` of the epochs. Each phase
 also has a hard time limit, and a killed run keeps its last finished epoch (checkpoints are
