@@ -66,6 +66,11 @@ def run_seeds(
     return codes
 
 
+def checkpoint_of(out: Path, seed: int) -> Path:
+    """Where `run_seeds` leaves a seed's run (the trainer's checkpoint name)."""
+    return out / f"run-{seed}" / "checkpoint.pt"
+
+
 def checkpoint_info(path: Path) -> dict[str, float]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {"epoch": state["epoch"], **state["metrics"]}
@@ -117,7 +122,7 @@ def main() -> None:
         seeds, [*base, "--epochs", str(PROBE_EPOCHS), "--lr", "0.001"], out, opts.budget_s, "probe"
     )
     probe_s = time.monotonic() - t0
-    infos = {s: checkpoint_info(out / f"run-{s}" / "checkpoint.pt") for s in seeds if not codes[s]}
+    infos = {s: checkpoint_info(checkpoint_of(out, s)) for s in seeds if not codes[s]}
     if len(infos) < len(seeds):
         say(f"probe failed: exit codes {codes}; see probe-S.log in logs.tgz")
         pack_logs(out, results)
@@ -139,7 +144,7 @@ def main() -> None:
         f"at lr 2e-4"
     )
     for s in seeds:  # the real runs start from scratch, not from the probe
-        (out / f"run-{s}" / "checkpoint.pt").unlink()
+        checkpoint_of(out, s).unlink()
     phases = [
         ([*base, "--epochs", str(epochs - anneal), "--lr", "0.001"], "phase1", 1 - anneal / epochs),
         ([*base, "--epochs", str(epochs), "--lr", "0.0002", "--resume"], "phase2", 1.0),
@@ -149,30 +154,22 @@ def main() -> None:
         t0 = time.monotonic()
         codes = run_seeds(seeds, args, out, max(10.0, limit), name)
         reached = {
-            s: checkpoint_info(out / f"run-{s}" / "checkpoint.pt")["epoch"]
+            s: checkpoint_info(checkpoint_of(out, s))["epoch"]
             for s in seeds
-            if (out / f"run-{s}" / "checkpoint.pt").exists()
+            if checkpoint_of(out, s).exists()
         }
         say(f"{name}: {time.monotonic() - t0:.0f} s, exit codes {codes}, epochs reached {reached}")
 
-    trained = [s for s in seeds if (out / f"run-{s}" / "checkpoint.pt").exists()]
+    trained = [s for s in seeds if checkpoint_of(out, s).exists()]
     for s in trained:  # first, so they come back even if a report fails
-        state = torch.load(
-            out / f"run-{s}" / "checkpoint.pt", map_location="cpu", weights_only=True
-        )
+        state = torch.load(checkpoint_of(out, s), map_location="cpu", weights_only=True)
         state.pop("optimizer", None)
         torch.save(state, results / f"seed-{s}.pt")
     pack_logs(out, results)
     for k in (int(v) for v in opts.k.split(",")):
         reports = {  # all seeds at once, as they trained
             s: subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "training",
-                    "likelihood",
-                    str(out / f"run-{s}" / "checkpoint.pt"),
-                ]
+                [sys.executable, "-m", "training", "likelihood", str(checkpoint_of(out, s))]
                 + ["--k", str(k), "--device", opts.device, "--data-dir", opts.data_dir],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

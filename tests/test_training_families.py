@@ -36,18 +36,24 @@ def image_digits():
     return load_digits(seed=0, flat=False)
 
 
-@pytest.fixture(scope="module")
-def conv_vae(image_digits, tmp_path_factory: pytest.TempPathFactory):
-    """A conv VAE trained briefly on binarized digits, exported with fp16 copies."""
-    tmp = tmp_path_factory.mktemp("conv")
-    cfg = ModelConfig(
+def _tiny_conv_vae(res_blocks: int = 0) -> ModelConfig:
+    """A conv VAE small enough for 8x8 digits and seconds of training."""
+    return ModelConfig(
         kind="vae",
         arch="conv",
         input_shape=(1, 8, 8),
         image_shape=(1, 8, 8),
         latent_dim=4,
         hidden=(8,),
+        res_blocks=res_blocks,
     )
+
+
+@pytest.fixture(scope="module")
+def conv_vae(image_digits, tmp_path_factory: pytest.TempPathFactory):
+    """A conv VAE trained briefly on binarized digits, exported with fp16 copies."""
+    tmp = tmp_path_factory.mktemp("conv")
+    cfg = _tiny_conv_vae()
     ckpt = load_checkpoint(
         train(
             cfg,
@@ -80,15 +86,7 @@ def test_residual_conv_vae_trains_exports_matches_torch_and_is_replayed(
     from training.likelihood import checkpoint_likelihood
     from training.models import ResidualBlock
 
-    cfg = ModelConfig(
-        kind="vae",
-        arch="conv",
-        input_shape=(1, 8, 8),
-        image_shape=(1, 8, 8),
-        latent_dim=4,
-        hidden=(8,),
-        res_blocks=2,
-    )
+    cfg = _tiny_conv_vae(res_blocks=2)
     config = TrainConfig(epochs=2, seed=0, binarize=True, importance_samples=3)
     run = train(cfg, config, tmp_path / "run", splits=image_digits, progress=False)
     ckpt = load_checkpoint(run)

@@ -37,7 +37,7 @@ def checkpoint_likelihood(
     if model.cfg.num_classes or model.deterministic:
         raise ValueError("the likelihood bounds need an unconditional VAE")
     model = model.to(device).eval()
-    x_all = torch.from_numpy(binarized(test, seed).x[:n] if n else binarized(test, seed).x)
+    x_all = torch.from_numpy(binarized(test, seed).x[:n])  # n None: all of them
     per_batch = max(1, DECODES_PER_BATCH.get(torch.device(device).type, 4096) // k)
     torch.manual_seed(seed)
     iwae: list[np.ndarray] = []
