@@ -85,6 +85,14 @@ def test_effective_sample_size() -> None:
     assert effective_sample_size(np.r_[1.0, np.zeros(99)]) == pytest.approx(1)
 
 
+def test_standard_error_of_per_image_figures() -> None:
+    from training.likelihood import standard_error
+
+    # sd of (1, 2, 3, 4) with ddof=1 is sqrt(5/3); over sqrt(4)
+    assert standard_error(np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx((5 / 3) ** 0.5 / 2)
+    assert standard_error(np.array([85.0])) == 0.0  # one image: no spread, not NaN
+
+
 def test_frechet_distance_and_class_balance() -> None:
     rng = np.random.default_rng(0)
     a = rng.normal(size=(4000, 4))

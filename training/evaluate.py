@@ -12,7 +12,6 @@ figures describe what is served.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from service.runtime.model import GenerativeModel
 from training.calibrate import load_exported, score
 from training.classifier import SmallCNN, class_balance, frechet_distance, predict
 from training.data import Split
+from training.likelihood import standard_error
 from training.train import binarized
 
 
@@ -45,7 +45,7 @@ def likelihood_metrics(
         "test_images": float(len(x)),
         "iwae_k": float(k),
         "iwae_nll_nats": float(iwae.mean()),
-        "iwae_nll_stderr": float(iwae.std(ddof=1) / math.sqrt(len(x))),
+        "iwae_nll_stderr": standard_error(iwae.astype(np.float64)),
         "neg_elbo_nats": float(elbo.mean()),
         "reconstruction_mse": float(rec.mean()),
         "iwae_seconds": seconds,

@@ -23,6 +23,11 @@ from training.train import binarized
 DECODES_PER_BATCH = {"cpu": 4096, "cuda": 100_000}  # k * images decoded at once
 
 
+def standard_error(values: np.ndarray) -> float:
+    """Standard error of the mean of per-image figures; 0 for a single image rather than NaN."""
+    return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
 @torch.no_grad()
 def checkpoint_likelihood(
     model: VAE,
@@ -56,7 +61,7 @@ def checkpoint_likelihood(
         "test_images": float(len(nll)),
         "iwae_k": float(k),
         "iwae_nll_nats": float(nll.mean()),
-        "iwae_nll_stderr": float(nll.std(ddof=1) / math.sqrt(len(nll))) if len(nll) > 1 else 0.0,
+        "iwae_nll_stderr": standard_error(nll),
         "neg_elbo_nats": float(np.concatenate(elbo).mean()),
         "iwae_seconds": seconds,
     }
