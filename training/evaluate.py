@@ -45,7 +45,7 @@ def likelihood_metrics(
         "test_images": float(len(x)),
         "iwae_k": float(k),
         "iwae_nll_nats": float(iwae.mean()),
-        "iwae_nll_stderr": standard_error(iwae.astype(np.float64)),
+        "iwae_nll_stderr": standard_error(iwae),
         "neg_elbo_nats": float(elbo.mean()),
         "reconstruction_mse": float(rec.mean()),
         "iwae_seconds": seconds,

@@ -24,8 +24,11 @@ DECODES_PER_BATCH = {"cpu": 4096, "cuda": 100_000}  # k * images decoded at once
 
 
 def standard_error(values: np.ndarray) -> float:
-    """Standard error of the mean of per-image figures; 0 for a single image rather than NaN."""
-    return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+    """Standard error of the mean of per-image figures (in float64: the runtime's scores are
+    float32); 0 for a single image rather than NaN."""
+    if len(values) < 2:
+        return 0.0
+    return float(np.std(values, ddof=1, dtype=np.float64) / math.sqrt(len(values)))
 
 
 @torch.no_grad()

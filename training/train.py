@@ -237,7 +237,8 @@ def train(
         home = device if train_split.x.nbytes <= RESIDENT_BYTES else torch.device("cpu")
         train_x = torch.from_numpy(train_split.x).to(home)
         train_y = torch.from_numpy(train_split.y).to(home)
-    n_batches = -(-len(train_split) // train_cfg.batch_size)
+    # a DDP shard's loader knows its own length; the sliced batches are counted here
+    n_batches = None if ctx.enabled else -(-len(train_split) // train_cfg.batch_size)
     metrics: dict[str, float] = {}
     show = progress and ctx.is_main
     bar = epoch_bar(start_epoch, train_cfg.epochs, show)
@@ -249,8 +250,7 @@ def train(
             if ctx.enabled
             else _shuffled_batches(train_x, train_y, train_cfg.batch_size, epoch_seed)
         )
-        total = None if ctx.enabled else n_batches  # a DDP shard's loader knows its own length
-        batches = batch_bar(loader, epoch, train_cfg.epochs, show, total=total)
+        batches = batch_bar(loader, epoch, train_cfg.epochs, show, total=n_batches)
         started = time.perf_counter()
         for step, (x_batch, y_batch) in enumerate(batches):
             x, y = x_batch.to(device), y_batch.to(device)
