@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from bench.servers import free_port
+from service.manifest import Manifest
 from tests.dockerfile_model import Stage, build_context, copy_sources, stages
 from tests.logs import messages
 
@@ -98,6 +99,12 @@ def test_no_curl_no_apt_and_no_shell_form() -> None:
             assert value.startswith("[")
 
 
+def _part_files(folder: Path) -> list[str]:
+    """The ONNX files a model folder's manifest names (fp32 and, where written, fp16)."""
+    manifest = Manifest.load(folder)
+    return [f for part in manifest.parts.values() for f in (part.path, part.fp16_path) if f]
+
+
 def test_the_build_context_is_what_the_images_copy_and_nothing_secret(
     targets: dict[str, Stage], tmp_path: Path
 ) -> None:
@@ -109,8 +116,17 @@ def test_the_build_context_is_what_the_images_copy_and_nothing_secret(
             assert any(p == source or p.startswith(source.rstrip("/") + "/") for p in context)
     assert "requirements/server.txt" not in context  # not used by any image
     assert not any("__pycache__" in p or p.endswith(".pyc") for p in context)
-    size = sum((ROOT / p).stat().st_size for p in context)
-    assert size < 20 * 2**20, size
+    # Code and lock files stay small; the models folder holds only what a manifest names (plus
+    # the card and its sample grid), so a checkpoint or a stray dump there would fail here.
+    code = sum((ROOT / p).stat().st_size for p in context if not p.startswith("models/"))
+    assert code < 2 * 2**20, code
+    served = {
+        f"models/{folder.name}/{name}"
+        for folder in (ROOT / "models").iterdir()
+        if (folder / "model.json").is_file()
+        for name in ["model.json", "README.md", "samples.png", *_part_files(folder)]
+    }
+    assert {p for p in context if p.startswith("models/")} <= served
     # a secret or a venv dropped into the tree later stays out too
     for planted in [".env", "deploy/compose/latentserve.env", ".venv/bin/python", "runs/x.pt"]:
         (tmp_path / planted).parent.mkdir(parents=True, exist_ok=True)
